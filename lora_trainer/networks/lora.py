@@ -1,0 +1,62 @@
+"""LoRA (kohya networks.lora): out += up(down(x)) * alpha/dim, on Linear and Conv2d layers."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .base import NetworkModule
+
+
+class LoRAModule(NetworkModule):
+    """down: [dim, in] (Linear) or [dim, in, kh, kw] with the base conv's stride/padding;
+    up: [out, dim] or [out, dim, 1, 1]. down is kaiming-uniform, up is zero (starts as a no-op)."""
+
+    def __init__(self, name: str, base: torch.nn.Module, dim: int, alpha: float):
+        super().__init__(name, dim, alpha)
+        if isinstance(base, torch.nn.Conv2d):
+            self.is_conv = True
+            self.stride, self.padding, self.dilation = base.stride, base.padding, base.dilation
+            kh, kw = base.kernel_size
+            down_shape = (dim, base.in_channels, kh, kw)
+            up_shape = (base.out_channels, dim, 1, 1)
+        elif isinstance(base, torch.nn.Linear):
+            self.is_conv = False
+            down_shape = (dim, base.in_features)
+            up_shape = (base.out_features, dim)
+        else:
+            raise TypeError(f"LoRA needs a Linear or Conv2d, got {type(base).__name__} for {name}")
+        self.lora_down = torch.nn.Parameter(torch.empty(down_shape, dtype=torch.float32))
+        self.lora_up = torch.nn.Parameter(torch.zeros(up_shape, dtype=torch.float32))
+        torch.nn.init.kaiming_uniform_(self.lora_down, a=math.sqrt(5))
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_conv:
+            h = F.conv2d(x, self.lora_down, None, self.stride, self.padding, self.dilation)
+            return F.conv2d(h, self.lora_up)
+        return F.linear(F.linear(x, self.lora_down), self.lora_up)
+
+    def weight_delta(self) -> torch.Tensor:
+        """The dense ΔW this adapter adds (used by tests and the verifier)."""
+        if self.is_conv:
+            up = self.lora_up.flatten(1)
+            return (up @ self.lora_down.flatten(1)).reshape(up.shape[0], *self.lora_down.shape[1:]) * self.scale
+        return self.lora_up @ self.lora_down * self.scale
+
+    def kohya_tensors(self) -> dict[str, torch.Tensor]:
+        return {"lora_down.weight": self.lora_down, "lora_up.weight": self.lora_up, "alpha": self.alpha}
+
+    def load_kohya_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            down = tensors["lora_down.weight"].to(torch.float32)
+            up = tensors["lora_up.weight"].to(torch.float32)
+            if down.shape != self.lora_down.shape or up.shape != self.lora_up.shape:
+                raise ValueError(f"{self.name}: file shapes {tuple(down.shape)}/{tuple(up.shape)} do not match "
+                                 f"{tuple(self.lora_down.shape)}/{tuple(self.lora_up.shape)}")
+            self.lora_down.copy_(down)
+            self.lora_up.copy_(up)
+            if "alpha" in tensors:
+                alpha = float(tensors["alpha"].float().item())
+                self.alpha.fill_(alpha)
+                self.scale = alpha / self.dim

@@ -1,0 +1,147 @@
+"""The training loop. Reads top to bottom: setup, the step, saving.
+
+Everything model-specific goes through `model` (a TrainModel); everything about the
+WebUI (progress bar, stop buttons, files) comes in as callbacks.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..dataset.batches import epoch_batches
+from ..dataset.captions import process_caption
+from ..dataset.latents import LatentCache
+from ..errors import TrainingStopped, UserError
+from ..networks.factory import build_network
+from .loss import diffusion_loss
+from .noise import add_noise, sample_noise, sample_timesteps, training_target
+from .optimizers import describe_optimizer, make_optimizer
+from .schedulers import make_scheduler
+
+
+@dataclass
+class Callbacks:
+    progress: callable = lambda **kw: None        # step, total_steps, epoch, loss, phase
+    stop_requested: callable = lambda: None       # None | "save" (Stop & Save) | "abort" (Interrupt)
+    save: callable = lambda network, epoch, step, final, state: None   # -> file name
+    fail_at_step: int | None = None                # test hook: raise inside the loop at this step
+
+
+@dataclass
+class TrainResult:
+    state: str = "finished"                        # finished | stopped
+    steps: int = 0
+    epoch: int = 0
+    files: list = field(default_factory=list)
+    losses: list = field(default_factory=list)
+    optimizer: str = ""
+    seconds: float = 0.0
+    network: object = None
+
+
+def train(cfg, model, scan, cb: Callbacks) -> TrainResult:
+    t0 = time.time()
+    device = model.device
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    total_steps = scan.total_steps
+    steps_per_epoch = max(1, scan.steps_per_epoch)
+    epochs = math.ceil(total_steps / steps_per_epoch)
+
+    # 1. latents: each image (and its mirror) encoded once with the WebUI's own VAE
+    cb.progress(step=0, total_steps=total_steps, epoch=0, loss=None, phase="caching latents")
+    latents = LatentCache.build(scan.items, model.encode_images, cfg.flip_aug,
+                                should_stop=lambda: cb.stop_requested() is not None)
+
+    # 2. the network: new adapters hooked onto the model's layers (never merged into weights)
+    with torch.random.fork_rng(devices=[]):        # deterministic init, WebUI's RNG untouched
+        torch.manual_seed(cfg.seed)
+        network = build_network(cfg, model)
+    optimizer = make_optimizer(network, cfg)
+    scheduler = make_scheduler(optimizer, cfg, total_steps)
+    use_scaler = device.type == "cuda" and cfg.mixed_precision == "fp16"
+    scaler = torch.cuda.amp.GradScaler() if use_scaler else None
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+
+    # 3. captions: encoded once each when the text encoder is frozen and captions are fixed
+    cache_conds = not cfg.train_text_encoder and not cfg.shuffle_caption
+    cond_cache: dict = {}
+
+    def conditioning(batch):
+        texts = [process_caption(item.caption, shuffle_caption=cfg.shuffle_caption, keep_tokens=cfg.keep_tokens,
+                                 keep_tokens_separator=cfg.keep_tokens_separator, rng=rng) for item, _ in batch]
+        sizes = [item.bucket for item, _ in batch]
+        if not cache_conds:
+            return model.encode_captions(texts, sizes)
+        key = (tuple(texts), tuple(sizes))
+        if key not in cond_cache:
+            with torch.no_grad():
+                cond_cache[key] = model.encode_captions(texts, sizes)
+        return cond_cache[key]
+
+    result = TrainResult(optimizer=describe_optimizer(optimizer, cfg), network=network)
+    step, epoch, running = 0, 0, None
+    with network.attached(), model.gradient_checkpointing(cfg.gradient_checkpointing):
+        for epoch in range(1, epochs + 1):
+            batches = epoch_batches(scan.items, cfg.train_batch_size, cfg.seed, epoch, flip_aug=cfg.flip_aug)
+            for i, batch in enumerate(batches):
+                if step >= total_steps:
+                    break
+                stop = cb.stop_requested()
+                if stop:
+                    result.state = "stopped"
+                    if stop == "abort":
+                        raise TrainingStopped("interrupted")
+                    break
+                if cb.fail_at_step is not None and step == cb.fail_at_step:
+                    raise RuntimeError(f"injected failure at step {step}")
+
+                # the step: noise the cached latents, predict, fp32 loss, backward
+                z0 = torch.stack([latents.get(item, flip) for item, flip in batch]).to(device)
+                cond = conditioning(batch)
+                noise = sample_noise(z0, generator, cfg.noise_offset)
+                t = sample_timesteps(z0.shape[0], generator, device)
+                x_t = add_noise(z0, noise, t, model.alphas_cumprod)
+                with model.autocast():
+                    pred = model.predict(x_t, t, cond)
+                target = training_target(z0, noise, t, model.alphas_cumprod, model.prediction_type)
+                loss = diffusion_loss(pred, target, t, model.alphas_cumprod, min_snr_gamma=cfg.min_snr_gamma,
+                                      prediction_type=model.prediction_type)
+                if not torch.isfinite(loss):
+                    raise UserError(f"the loss became {loss.item()} at step {step + 1}; nothing of this step was applied.",
+                                    fix="lower learning_rate, use mixed_precision 'bf16' or 'no', or check the images")
+                loss_for_backward = loss / cfg.gradient_accumulation_steps
+                (scaler.scale(loss_for_backward) if scaler else loss_for_backward).backward()
+
+                if (i + 1) % cfg.gradient_accumulation_steps == 0 or i + 1 == len(batches):
+                    if scaler:
+                        scaler.unscale_(optimizer)
+                    if cfg.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                    if scaler:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+
+                value = float(loss.detach())
+                running = value if running is None else 0.9 * running + 0.1 * value
+                result.losses.append(value)
+                cb.progress(step=step, total_steps=total_steps, epoch=epoch, loss=running, phase="training")
+            else:
+                if cfg.save_every_n_epochs and epoch % cfg.save_every_n_epochs == 0 and epoch < epochs:
+                    result.files.append(cb.save(network, epoch, step, final=False, state=result))
+                continue
+            break            # stopped, or all steps done mid-epoch
+
+    result.steps, result.epoch = step, epoch
+    result.seconds = time.time() - t0
+    result.files.append(cb.save(network, epoch, step, final=True, state=result))
+    return result

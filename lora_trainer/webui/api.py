@@ -1,0 +1,114 @@
+"""REST routes under /lora-trainer/v1 (mounted at app start; honour --api-auth)."""
+from __future__ import annotations
+
+from secrets import compare_digest
+
+from ..config import TrainConfig
+from ..errors import UserError
+
+PREFIX = "/lora-trainer/v1"
+
+
+def auth_dependencies():
+    from fastapi import Depends, HTTPException
+    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+    from modules import shared
+    if not shared.cmd_opts.api_auth:
+        return []
+    creds = dict(c.split(":", 1) for c in shared.cmd_opts.api_auth.split(",") if ":" in c)
+
+    def check(credentials: HTTPBasicCredentials = Depends(HTTPBasic())):
+        expected = creds.get(credentials.username)
+        if expected is not None and compare_digest(credentials.password, expected):
+            return True
+        raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
+    return [Depends(check)]
+
+
+def _user_error(e: UserError):
+    from fastapi import HTTPException
+    return HTTPException(422, detail=e.as_dict())
+
+
+def _config(body: dict, require_dir=True) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(body)
+    except UserError as e:
+        raise _user_error(e) from None
+
+
+def scan(body: dict):
+    from ..dataset.scan import scan_dataset
+    cfg = _config(body)
+    try:
+        return scan_dataset(cfg).summary()
+    except UserError as e:
+        raise _user_error(e) from None
+
+
+def create_job(body: dict):
+    from .jobs import JOBS
+    body = dict(body or {})
+    debug = body.pop("debug", None) or {}
+    cfg = _config(body)
+    job = JOBS.submit(cfg, fail_at_step=debug.get("fail_at_step"))
+    return {"id": job.id, "state": job.state}
+
+
+def list_jobs():
+    from .jobs import JOBS
+    return [job.as_dict() for job in JOBS.jobs.values()]
+
+
+def get_job(job_id: str):
+    from fastapi import HTTPException
+    from .jobs import JOBS
+    job = JOBS.get(job_id)
+    if job is None:
+        raise HTTPException(404, detail=f"no job {job_id}")
+    return job.as_dict()
+
+
+def stop_job(job_id: str):
+    from fastapi import HTTPException
+    from .jobs import JOBS
+    job = JOBS.stop(job_id, mode="save")
+    if job is None:
+        raise HTTPException(404, detail=f"no job {job_id}")
+    return job.as_dict()
+
+
+def verify(body: dict):
+    from modules import call_queue, shared
+    from .verify import verify_file
+    try:
+        with call_queue.queue_lock:     # uses the model: wait for training/generation
+            return verify_file(shared.cmd_opts.lora_dir, str((body or {}).get("file", "")),
+                               prompt=str((body or {}).get("prompt", "a photo of sks")))
+    except UserError as e:
+        raise _user_error(e) from None
+
+
+def mount(app) -> None:
+    deps = auth_dependencies()
+    from fastapi import Body
+    routes = [
+        ("/scan", scan, ["POST"]),
+        ("/jobs", create_job, ["POST"]),
+        ("/jobs", list_jobs, ["GET"]),
+        ("/jobs/{job_id}", get_job, ["GET"]),
+        ("/jobs/{job_id}/stop", stop_job, ["POST"]),
+        ("/verify", verify, ["POST"]),
+    ]
+    for path, fn, methods in routes:
+        endpoint = fn
+        if "body" in fn.__code__.co_varnames[:fn.__code__.co_argcount]:
+            endpoint = _with_body(fn, Body(default={}))
+        app.add_api_route(PREFIX + path, endpoint, methods=methods, dependencies=deps)
+
+
+def _with_body(fn, default):
+    def endpoint(body: dict = default):
+        return fn(body)
+    endpoint.__name__ = f"lora_trainer_{fn.__name__}"
+    return endpoint

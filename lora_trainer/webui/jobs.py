@@ -1,0 +1,191 @@
+"""Training jobs: an in-memory queue whose runs are real WebUI jobs.
+
+Each run holds the WebUI's queue_lock (so txt2img waits for it and no checkpoint/VAE switch
+can happen mid-run) and drives shared.state (so the progress bar, ETA and Interrupt work).
+Only this module knows shared.state.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from ..errors import TrainingStopped, UserError
+
+
+@dataclass
+class Job:
+    id: str
+    config: object
+    task_id: str
+    state: str = "queued"            # queued | running | finished | stopped | failed
+    phase: str = ""
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    loss: float | None = None
+    losses: list = field(default_factory=list)
+    files: list = field(default_factory=list)
+    error: str | None = None
+    problems: list = field(default_factory=list)
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    stop_mode: str | None = None     # "save" (Stop & Save) | "abort"
+    fail_at_step: int | None = None  # test hook, honoured only with LORA_TRAINER_ALLOW_DEBUG=1
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.state != "running" or not self.step or not self.started_at or not self.total_steps:
+            return None
+        per_step = (time.time() - self.started_at) / self.step
+        return round(per_step * (self.total_steps - self.step), 1)
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "state": self.state, "phase": self.phase, "step": self.step,
+                "total_steps": self.total_steps, "epoch": self.epoch, "loss": self.loss, "eta_s": self.eta_s,
+                "files": list(self.files), "error": self.error, "problems": self.problems,
+                "output_name": getattr(self.config, "output_name", ""), "losses": self.losses[-500:]}
+
+
+class JobQueue:
+    def __init__(self):
+        self.jobs: dict[str, Job] = {}
+        self._pending: queue.Queue = queue.Queue()
+        self._ids = itertools.count(1)
+        self._worker: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.current: Job | None = None
+        self._closing = False
+
+    # -- public
+    def submit(self, config, fail_at_step=None, task_id=None) -> Job:
+        job = self._new_job(config, task_id)
+        if fail_at_step is not None and os.environ.get("LORA_TRAINER_ALLOW_DEBUG") == "1":
+            job.fail_at_step = int(fail_at_step)
+        self._pending.put(job)
+        self._ensure_worker()
+        return job
+
+    def run_here(self, config, task_id) -> Job:
+        """For the tab's Start: the caller (wrap_gradio_gpu_call) already holds queue_lock."""
+        job = self._new_job(config, task_id)
+        self._execute(job)
+        return job
+
+    def get(self, job_id) -> Job | None:
+        return self.jobs.get(job_id)
+
+    def stop(self, job_id, mode="save") -> Job | None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        if job.state == "queued":
+            job.state, job.finished_at = "stopped", time.time()
+        elif job.state == "running":
+            job.stop_mode = mode
+        return job
+
+    def stop_current(self, mode="save") -> Job | None:
+        return self.stop(self.current.id, mode) if self.current else None
+
+    def shutdown(self, timeout=30.0) -> None:
+        """on_script_unloaded: Reload UI does not wait for us, so stop and join here."""
+        self._closing = True
+        for job in list(self.jobs.values()):
+            self.stop(job.id, mode="abort")
+        self._pending.put(None)
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    # -- internals
+    def _new_job(self, config, task_id) -> Job:
+        with self._lock:
+            n = next(self._ids)
+            job_id = f"lt-{int(time.time())}-{n}"
+            job = Job(id=job_id, config=config, task_id=task_id or f"task({job_id})")
+            self.jobs[job_id] = job
+        return job
+
+    def _ensure_worker(self):
+        with self._lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, name="lora-trainer-jobs", daemon=True)
+                self._worker.start()
+
+    def _work(self):
+        from modules import call_queue, progress, shared
+        while not self._closing:
+            job = self._pending.get()
+            if job is None:
+                return
+            if job.state != "queued":
+                continue
+            progress.add_task_to_queue(job.task_id)
+            with call_queue.queue_lock:
+                shared.state.begin(job=job.task_id)
+                progress.start_task(job.task_id)
+                try:
+                    self._execute(job)
+                finally:
+                    progress.finish_task(job.task_id)
+                    shared.state.end()
+                    shared.state.interrupted = False
+                    shared.state.skipped = False
+                    shared.state.job_count = 0
+
+    def _execute(self, job: Job) -> None:
+        """Runs one job; the caller holds queue_lock and has called shared.state.begin()."""
+        from modules import shared
+        from ..run import run_training
+        from .model import WebUIModel
+        from .session import borrowed_model, refresh_lora_list
+        if job.state != "queued":
+            return
+        self.current = job
+        job.state, job.started_at = "running", time.time()
+        shared.state.job = "LoRA training"
+        shared.state.textinfo = "LoRA trainer: preparing"
+
+        def on_progress(step, total_steps, epoch, loss, phase):
+            job.step, job.total_steps, job.epoch, job.phase = step, total_steps, epoch, phase
+            if loss is not None:
+                job.loss = loss
+                if not job.losses or job.losses[-1][0] != step:
+                    job.losses.append([step, round(float(loss), 6)])
+            shared.state.job_count = max(1, total_steps)
+            shared.state.job_no = step
+            shared.state.sampling_steps = 0
+            loss_text = f" · loss {loss:.4f}" if loss is not None else ""
+            shared.state.textinfo = f"LoRA trainer: {phase} · step {step}/{total_steps} · epoch {epoch}{loss_text}"
+
+        def stop_requested():
+            if shared.state.interrupted:
+                return "abort"
+            return job.stop_mode
+
+        try:
+            with borrowed_model(job.config.train_text_encoder) as sd_model:
+                model = WebUIModel(sd_model, job.config.clip_skip)
+                result = run_training(job.config, model, shared.cmd_opts.lora_dir, on_progress, stop_requested,
+                                      on_file=job.files.append, fail_at_step=job.fail_at_step,
+                                      on_problems=lambda p: job.problems.extend(p))
+            job.state = result.state
+        except TrainingStopped:
+            job.state = "stopped"
+        except UserError as e:
+            job.state, job.error = "failed", e.text()
+        except Exception as e:  # a bug: keep the traceback in the log, the message in the job
+            traceback.print_exc()
+            job.state, job.error = "failed", f"{type(e).__name__}: {e}"
+        finally:
+            job.finished_at = time.time()
+            self.current = None
+            refresh_lora_list()
+
+
+JOBS = JobQueue()

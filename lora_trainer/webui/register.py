@@ -1,0 +1,32 @@
+"""Callback bodies for scripts/lora_trainer.py (kept cheap: heavy imports happen on first use)."""
+from __future__ import annotations
+
+
+def ui_tabs():
+    from .tab import create_tab
+    return create_tab()
+
+
+def ui_settings():
+    from modules import shared
+    options = {
+        "lora_trainer_unload_vae": shared.OptionInfo(
+            False, "Move the VAE to the CPU while training (after caching latents)"),
+    }
+    for key, info in shared.options_section(("lora_trainer", "LoRA Trainer", "training"), options).items():
+        shared.opts.add_option(key, info)
+
+
+def app_started(demo, app):
+    from modules import shared
+    if not (getattr(shared.cmd_opts, "api", False) or getattr(shared.cmd_opts, "nowebui", False)):
+        return                       # like A1111: REST only with --api / --nowebui
+    from .api import mount
+    mount(app)
+
+
+def script_unloaded():
+    import sys
+    jobs = sys.modules.get("lora_trainer.webui.jobs")
+    if jobs is not None:
+        jobs.JOBS.shutdown()

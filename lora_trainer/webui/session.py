@@ -1,0 +1,93 @@
+"""Borrow the WebUI's model for a run and give it back exactly as it was.
+
+Before: any LoRA the built-in Lora extension merged into the weights is restored, every base
+weight is frozen, alternative UNets and hypernetworks are switched off. After (finished,
+stopped or failed): every flag is back, weight-dependent caches are reset, memory released.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+
+import torch
+
+from ..errors import UserError
+
+
+def builtin_lora_module():
+    return sys.modules.get("networks")   # the Lora extension's top-level module name
+
+
+def clear_builtin_lora_state(sd_model) -> None:
+    """Undo the Lora extension's in-place merge now (it would otherwise restore lazily, mid-training)."""
+    networks = builtin_lora_module()
+    if networks is None or not hasattr(networks, "network_restore_weights_from_backup"):
+        return
+    networks.loaded_networks.clear()
+    for module in sd_model.modules():
+        if getattr(module, "network_weights_backup", None) is not None or getattr(module, "network_bias_backup", None) is not None:
+            networks.network_restore_weights_from_backup(module)
+            module.network_current_names = ()         # the backup stays: it is the original
+
+
+def reset_weight_caches() -> None:
+    from modules import processing
+    processing.StableDiffusionProcessing.cached_c = [None, None]
+    processing.StableDiffusionProcessing.cached_uc = [None, None]
+    processing.StableDiffusionProcessingTxt2Img.cached_hr_c = [None, None]
+    processing.StableDiffusionProcessingTxt2Img.cached_hr_uc = [None, None]
+
+
+def refresh_lora_list() -> None:
+    networks = builtin_lora_module()
+    if networks is not None and hasattr(networks, "list_available_networks"):
+        networks.list_available_networks()
+
+
+def current_model():
+    from modules import shared
+    if getattr(shared.cmd_opts, "lowvram", False):
+        raise UserError("training is not possible with --lowvram (its hooks evict weights the backward pass needs).",
+                        fix="restart the WebUI without --lowvram (--medvram works with the text encoder off)")
+    model = shared.sd_model
+    if model is None:
+        raise UserError("no checkpoint is loaded.", fix="select a checkpoint in the WebUI first")
+    return model
+
+
+@contextlib.contextmanager
+def borrowed_model(train_text_encoder: bool):
+    from modules import devices, sd_unet, shared
+    m = current_model()
+    if getattr(m, "lowvram", False) and train_text_encoder:
+        raise UserError("--medvram swaps the text encoder out mid-step, so it cannot be trained.",
+                        fix="set network_train_unet_only, or restart without --medvram")
+    identity = (getattr(m, "sd_checkpoint_info", None), getattr(m, "sd_model_hash", None))
+    requires_grad = [(p, p.requires_grad) for p in m.parameters()]
+    old_hypernetworks = shared.loaded_hypernetworks
+    old_parallel = shared.parallel_processing_allowed
+    old_unet_option = getattr(sd_unet, "current_unet_option", None)
+    clear_builtin_lora_state(m)
+    sd_unet.apply_unet("None")
+    shared.loaded_hypernetworks = []
+    for p, _ in requires_grad:
+        p.requires_grad_(False)
+    try:
+        yield m
+    finally:
+        for p, flag in requires_grad:
+            p.requires_grad_(flag)
+            p.grad = None
+        shared.loaded_hypernetworks = old_hypernetworks
+        shared.parallel_processing_allowed = old_parallel
+        if old_unet_option is not None:
+            sd_unet.apply_unet()
+        reset_weight_caches()
+        if getattr(m, "lowvram", False):
+            from modules import lowvram
+            lowvram.send_everything_to_cpu()
+        gc.collect()
+        devices.torch_gc()
+        if shared.sd_model is not m or (getattr(m, "sd_checkpoint_info", None), getattr(m, "sd_model_hash", None)) != identity:
+            print("[lora-trainer] warning: the WebUI's model changed during training", file=sys.stderr)

@@ -1,0 +1,86 @@
+"""LoRA/LoCon math: hooks, scale, init, kohya tensors, never touching the base weights."""
+import torch
+
+from lora_trainer.networks.base import Network
+from lora_trainer.networks.lora import LoRAModule
+
+
+def test_lora_starts_as_noop_and_never_touches_base_weights():
+    torch.manual_seed(0)
+    base = torch.nn.Linear(8, 6)
+    before = base.weight.detach().clone()
+    lora = LoRAModule("lora_unet_x", base, dim=4, alpha=2)
+    x = torch.randn(3, 8)
+    y0 = base(x)
+    net = Network()
+    net.add(lora, base, "unet")
+    with net.attached():
+        assert torch.equal(base(x), y0)          # up is zero-initialised
+        assert lora.lora_up.abs().sum() == 0 and lora.lora_down.abs().sum() > 0
+    assert torch.equal(base.weight, before)
+    assert list(base._forward_hooks) == []       # hook removed
+
+
+def test_linear_delta_equals_dense_weight_delta_with_scale():
+    torch.manual_seed(1)
+    base = torch.nn.Linear(5, 7)
+    lora = LoRAModule("m", base, dim=3, alpha=1.5)
+    torch.nn.init.normal_(lora.lora_up)
+    net = Network()
+    net.add(lora, base, "unet")
+    x = torch.randn(2, 4, 5)
+    with net.attached():
+        y = base(x)
+    merged = torch.nn.functional.linear(x, base.weight + (lora.lora_up @ lora.lora_down) * 0.5, base.bias)
+    assert lora.scale == 0.5
+    torch.testing.assert_close(y, merged, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lora.weight_delta(), lora.lora_up @ lora.lora_down * 0.5)
+
+
+def test_conv3x3_locon_delta_matches_merged_conv_and_kohya_shapes():
+    torch.manual_seed(2)
+    base = torch.nn.Conv2d(4, 6, 3, stride=2, padding=1)
+    lora = LoRAModule("lora_unet_down_blocks_0_resnets_0_conv1", base, dim=2, alpha=1)
+    torch.nn.init.normal_(lora.lora_up)
+    tensors = lora.kohya_tensors()
+    assert tuple(tensors["lora_down.weight"].shape) == (2, 4, 3, 3)
+    assert tuple(tensors["lora_up.weight"].shape) == (6, 2, 1, 1)
+    assert tensors["alpha"].shape == torch.Size([]) and float(tensors["alpha"]) == 1.0
+    net = Network()
+    net.add(lora, base, "unet")
+    x = torch.randn(1, 4, 9, 9)
+    with net.attached():
+        y = base(x)
+    merged = torch.nn.functional.conv2d(x, base.weight + lora.weight_delta(), base.bias, stride=2, padding=1)
+    torch.testing.assert_close(y, merged, rtol=1e-5, atol=1e-5)
+
+
+def test_kohya_state_dict_round_trip_and_unknown_modules():
+    base = torch.nn.Linear(4, 4)
+    a = LoRAModule("lora_te_a", base, dim=2, alpha=2)
+    torch.nn.init.normal_(a.lora_up)
+    net = Network()
+    net.add(a, base, "text_encoder")
+    state = {k: v.clone() for k, v in net.kohya_state_dict().items()}
+    state["lora_unet_missing.alpha"] = torch.tensor(1.0)
+    b = LoRAModule("lora_te_a", base, dim=2, alpha=7)
+    net2 = Network()
+    net2.add(b, base, "text_encoder")
+    assert net2.load_kohya_state_dict(state) == ["lora_unet_missing"]
+    torch.testing.assert_close(b.lora_up, a.lora_up)
+    assert b.scale == 1.0
+
+
+def test_multiplier_scales_the_delta():
+    torch.manual_seed(3)
+    base = torch.nn.Linear(3, 3, bias=False)
+    lora = LoRAModule("m", base, dim=1, alpha=1)
+    torch.nn.init.ones_(lora.lora_up)
+    net = Network()
+    net.add(lora, base, "unet")
+    x = torch.randn(1, 3)
+    with net.attached():
+        full = base(x) - x @ base.weight.T
+        net.set_multiplier(0.5)
+        half = base(x) - x @ base.weight.T
+    torch.testing.assert_close(half, full * 0.5)
