@@ -25,7 +25,7 @@ def run_training(cfg, model, lora_dir, on_progress, stop_requested, on_file=lamb
                  fail_at_step=None, on_problems=lambda problems: None):
     name = resolve_output_name(default_output_name(cfg))
     scan = scan_dataset(cfg)
-    on_problems([p.__dict__ if hasattr(p, "__dict__") else dict(p) for p in scan.problems])
+    on_problems([p.as_dict() for p in scan.problems])
     if not scan.ok:
         raise UserError(first_error(scan))
     final_path = output_paths(lora_dir, name)
@@ -81,7 +81,7 @@ def first_error(scan) -> str:
 
 
 def dataset_dirs(scan) -> dict:
-    return {os.path.basename(s.dir): {"n_repeats": s.repeats, "img_count": s.image_count} for s in scan.subsets}
+    return {s.folder: {"n_repeats": s.repeats, "img_count": s.image_count} for s in scan.subsets}
 
 
 def bucket_info(scan, cfg):

@@ -54,8 +54,10 @@ def train(cfg, model, scan, cb: Callbacks) -> TrainResult:
 
     # 1. latents: each image (and its mirror) encoded once with the WebUI's own VAE
     cb.progress(step=0, total_steps=total_steps, epoch=0, loss=None, phase="caching latents")
-    latents = LatentCache.build(scan.items, model.encode_images, cfg.flip_aug,
-                                should_stop=lambda: cb.stop_requested() is not None)
+    latents = LatentCache.build(
+        scan.items, model.encode_images, cfg.flip_aug, should_stop=lambda: cb.stop_requested() is not None,
+        progress=lambda done, total: cb.progress(step=0, total_steps=total_steps, epoch=0, loss=None,
+                                                 phase=f"caching latents {done}/{total}"))
 
     # 2. the network: new adapters hooked onto the model's layers (never merged into weights)
     with torch.random.fork_rng(devices=[]):        # deterministic init, WebUI's RNG untouched

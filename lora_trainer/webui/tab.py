@@ -87,8 +87,8 @@ def _error_html(e: UserError) -> str:
 
 def scan_summary_html(summary: dict) -> str:
     rows = "".join(
-        f"<tr><td>{html.escape(s['dir'])}</td><td>{s['repeats']}</td><td>{s['image_count']}</td>"
-        f"<td>{s['captions_found']}</td><td>{s['captions_missing']}</td></tr>" for s in summary.get("subsets", []))
+        f"<tr><td>{html.escape(s['folder'])}</td><td>{s['repeats']}</td><td>{s['images']}</td>"
+        f"<td>{s['captions_found']}</td><td>{s['captions_missing']}</td></tr>" for s in summary.get("folders", []))
     buckets = ", ".join(f"{b['resolution'][0]}×{b['resolution'][1]}: {b['count']}" for b in summary.get("buckets", []))
     problems = "".join(f"<li class='lt-{p['severity']}'>{html.escape(str(p['path']))}: {html.escape(p['message'])}"
                        f"{(' — ' + html.escape(p['fix'])) if p.get('fix') else ''}</li>" for p in summary.get("problems", []))

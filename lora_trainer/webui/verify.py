@@ -62,7 +62,7 @@ def verify_file(lora_dir: str, name: str, prompt: str = "a photo of sks", seed: 
             our_cond, our_out = run()
         networks.process_network_files([stem])
         try:
-            networks.load_networks([stem], [1.0], [1.0])
+            networks.load_networks([stem], [1.0], [1.0], [None])
             their_cond, their_out = run()
         finally:
             networks.load_networks([])
