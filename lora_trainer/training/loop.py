@@ -40,6 +40,9 @@ class TrainResult:
     losses: list = field(default_factory=list)
     optimizer: str = ""
     seconds: float = 0.0
+    eval_loss_start: float | None = None
+    eval_loss_end: float | None = None
+    step_seconds: list = field(default_factory=list)
     network: object = None
 
 
@@ -70,14 +73,13 @@ def train(cfg, model, scan, cb: Callbacks) -> TrainResult:
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
 
     # 3. captions: encoded once each when the text encoder is frozen and captions are fixed
-    cache_conds = not cfg.train_text_encoder and not cfg.shuffle_caption
     cond_cache: dict = {}
 
-    def conditioning(batch):
-        texts = [process_caption(item.caption, shuffle_caption=cfg.shuffle_caption, keep_tokens=cfg.keep_tokens,
+    def conditioning(batch, shuffle=cfg.shuffle_caption):
+        texts = [process_caption(item.caption, shuffle_caption=shuffle, keep_tokens=cfg.keep_tokens,
                                  keep_tokens_separator=cfg.keep_tokens_separator, rng=rng) for item, _ in batch]
         sizes = [item.bucket for item, _ in batch]
-        if not cache_conds:
+        if cfg.train_text_encoder or shuffle:
             return model.encode_captions(texts, sizes)
         key = (tuple(texts), tuple(sizes))
         if key not in cond_cache:
@@ -85,9 +87,30 @@ def train(cfg, model, scan, cb: Callbacks) -> TrainResult:
                 cond_cache[key] = model.encode_captions(texts, sizes)
         return cond_cache[key]
 
+    # a fixed-noise loss on a few images, before and after: a learning signal free of step noise
+    distinct = _distinct(scan.items)
+    eval_batch = [(item, False) for item in distinct if item.bucket == distinct[0].bucket][:4]
+    eval_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    eval_t = torch.tensor([100, 300, 500, 700, 900], device=device)
+    eval_z = torch.stack([latents.get(item, flip) for item, flip in eval_batch]).to(device)
+    eval_noise = torch.randn((len(eval_t),) + tuple(eval_z.shape), generator=eval_gen, device=device)
+
+    @torch.no_grad()
+    def fixed_noise_loss() -> float:
+        cond = conditioning(eval_batch, shuffle=False)
+        losses = []
+        for t_i, noise in zip(eval_t, eval_noise):
+            t = t_i.repeat(eval_z.shape[0])
+            with model.autocast():
+                pred = model.predict(add_noise(eval_z, noise, t, model.alphas_cumprod), t, model.cond_to(cond, device))
+            target = training_target(eval_z, noise, t, model.alphas_cumprod, model.prediction_type)
+            losses.append(float(diffusion_loss(pred, target, t, model.alphas_cumprod)))
+        return sum(losses) / len(losses)
+
     result = TrainResult(optimizer=describe_optimizer(optimizer, cfg), network=network)
     step, epoch, running = 0, 0, None
     with network.attached(), model.gradient_checkpointing(cfg.gradient_checkpointing):
+        result.eval_loss_start = fixed_noise_loss()
         for epoch in range(1, epochs + 1):
             batches = epoch_batches(scan.items, cfg.train_batch_size, cfg.seed, epoch, flip_aug=cfg.flip_aug)
             for i, batch in enumerate(batches):
@@ -103,6 +126,7 @@ def train(cfg, model, scan, cb: Callbacks) -> TrainResult:
                     raise RuntimeError(f"injected failure at step {step}")
 
                 # the step: noise the cached latents, predict, fp32 loss, backward
+                step_t0 = time.perf_counter()
                 z0 = torch.stack([latents.get(item, flip) for item, flip in batch]).to(device)
                 cond = conditioning(batch)
                 noise = sample_noise(z0, generator, cfg.noise_offset)
@@ -134,6 +158,7 @@ def train(cfg, model, scan, cb: Callbacks) -> TrainResult:
                     step += 1
 
                 value = float(loss.detach())
+                result.step_seconds.append(time.perf_counter() - step_t0)
                 running = value if running is None else 0.9 * running + 0.1 * value
                 result.losses.append(value)
                 cb.progress(step=step, total_steps=total_steps, epoch=epoch, loss=running, phase="training")
@@ -142,8 +167,18 @@ def train(cfg, model, scan, cb: Callbacks) -> TrainResult:
                     result.files.append(cb.save(network, epoch, step, final=False, state=result))
                 continue
             break            # stopped, or all steps done mid-epoch
+        result.eval_loss_end = fixed_noise_loss()
 
     result.steps, result.epoch = step, epoch
     result.seconds = time.time() - t0
     result.files.append(cb.save(network, epoch, step, final=True, state=result))
     return result
+
+
+def _distinct(items):
+    seen, out = set(), []
+    for item in items:
+        if item.path not in seen:
+            seen.add(item.path)
+            out.append(item)
+    return out

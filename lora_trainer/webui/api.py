@@ -89,6 +89,21 @@ def verify(body: dict):
         raise _user_error(e) from None
 
 
+def model_info(weights_hash: bool = False):
+    """The loaded checkpoint; with weights_hash=true also a sha256 over its whole state dict."""
+    from modules import call_queue, shared
+    from .model import model_family
+    from .session import state_dict_sha256
+    with call_queue.queue_lock:
+        m = shared.sd_model
+        info = getattr(m, "sd_checkpoint_info", None)
+        out = {"checkpoint": getattr(info, "name", None), "hash": getattr(m, "sd_model_hash", None),
+               "family": model_family(m) if m is not None else None}
+        if weights_hash and m is not None:
+            out["state_dict_sha256"] = state_dict_sha256(m)
+    return out
+
+
 def mount(app) -> None:
     deps = auth_dependencies()
     from fastapi import Body
@@ -99,6 +114,7 @@ def mount(app) -> None:
         ("/jobs/{job_id}", get_job, ["GET"]),
         ("/jobs/{job_id}/stop", stop_job, ["POST"]),
         ("/verify", verify, ["POST"]),
+        ("/model", model_info, ["GET"]),
     ]
     for path, fn, methods in routes:
         endpoint = fn

@@ -37,6 +37,9 @@ class Job:
     finished_at: float | None = None
     stop_mode: str | None = None     # "save" (Stop & Save) | "abort"
     fail_at_step: int | None = None  # test hook, honoured only with LORA_TRAINER_ALLOW_DEBUG=1
+    eval_loss_start: float | None = None   # loss on fixed noise/timesteps before and after training
+    eval_loss_end: float | None = None
+    step_seconds: list = field(default_factory=list)
 
     @property
     def eta_s(self) -> float | None:
@@ -49,7 +52,10 @@ class Job:
         return {"id": self.id, "state": self.state, "phase": self.phase, "step": self.step,
                 "total_steps": self.total_steps, "epoch": self.epoch, "loss": self.loss, "eta_s": self.eta_s,
                 "files": list(self.files), "error": self.error, "problems": self.problems,
-                "output_name": getattr(self.config, "output_name", ""), "losses": self.losses[-500:]}
+                "output_name": getattr(self.config, "output_name", ""), "losses": self.losses[-500:],
+                "eval_loss_start": self.eval_loss_start, "eval_loss_end": self.eval_loss_end,
+                "step_seconds": [round(s, 4) for s in self.step_seconds[-500:]],
+                "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at}
 
 
 class JobQueue:
@@ -175,6 +181,8 @@ class JobQueue:
                                       on_file=job.files.append, fail_at_step=job.fail_at_step,
                                       on_problems=lambda p: job.problems.extend(p))
             job.state = result.state
+            job.eval_loss_start, job.eval_loss_end = result.eval_loss_start, result.eval_loss_end
+            job.step_seconds = result.step_seconds
         except TrainingStopped:
             job.state = "stopped"
         except UserError as e:

@@ -91,3 +91,15 @@ def borrowed_model(train_text_encoder: bool):
         devices.torch_gc()
         if shared.sd_model is not m or (getattr(m, "sd_checkpoint_info", None), getattr(m, "sd_model_hash", None)) != identity:
             print("[lora-trainer] warning: the WebUI's model changed during training", file=sys.stderr)
+
+
+def state_dict_sha256(sd_model) -> str:
+    """A fingerprint of every weight and buffer: proves a run handed the model back unchanged."""
+    import hashlib
+    h = hashlib.sha256()
+    for key, tensor in sorted(sd_model.state_dict().items()):
+        h.update(key.encode())
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
