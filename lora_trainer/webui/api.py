@@ -104,6 +104,23 @@ def model_info(weights_hash: bool = False):
     return out
 
 
+def vae_roundtrip(body: dict):
+    """What training sees of an image: encoded to latents exactly as the trainer caches them, then decoded."""
+    import base64
+    import io
+    from fastapi import HTTPException
+    from modules import call_queue, shared
+    from PIL import Image
+    from .model import WebUIModel
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(str((body or {}).get("image", "")).split(",")[-1]))).convert("RGB")
+    except Exception:
+        raise HTTPException(422, detail={"message": "image is not a base64 PNG/JPEG.", "key": "image"}) from None
+    with call_queue.queue_lock:
+        png = WebUIModel(shared.sd_model).roundtrip(image)
+    return {"image": base64.b64encode(png).decode()}
+
+
 def mount(app) -> None:
     deps = auth_dependencies()
     from fastapi import Body
@@ -115,6 +132,7 @@ def mount(app) -> None:
         ("/jobs/{job_id}/stop", stop_job, ["POST"]),
         ("/verify", verify, ["POST"]),
         ("/model", model_info, ["GET"]),
+        ("/vae-roundtrip", vae_roundtrip, ["POST"]),
     ]
     for path, fn, methods in routes:
         endpoint = fn

@@ -85,6 +85,20 @@ class WebUIModel:
             devices.dtype_vae = old_vae_dtype
             vae.to(old_param_dtype)
 
+    @torch.no_grad()
+    def roundtrip(self, image) -> bytes:
+        """PNG bytes of an RGB PIL image after encode_images and the WebUI's own decode."""
+        import io
+        from PIL import Image
+        from modules import sd_samplers_common
+        from ..dataset.latents import pil_to_tensor
+        z = self.encode_images(pil_to_tensor(image).unsqueeze(0))
+        x = sd_samplers_common.samples_to_images_tensor(z.to(self.device), approximation=0, model=self.m)
+        x = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        buf = io.BytesIO()
+        Image.fromarray(x).save(buf, format="PNG")
+        return buf.getvalue()
+
     def encode_captions(self, captions: list[str], sizes):
         from modules import devices
         with temp_opts(CLIP_stop_at_last_layers=self.clip_skip), devices.autocast():

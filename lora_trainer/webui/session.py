@@ -25,6 +25,11 @@ def clear_builtin_lora_state(sd_model) -> None:
     if networks is None or not hasattr(networks, "network_restore_weights_from_backup"):
         return
     networks.loaded_networks.clear()
+    with torch.no_grad():             # base weights may still require grad (A1111 loads them so)
+        _restore_backups(networks, sd_model)
+
+
+def _restore_backups(networks, sd_model) -> None:
     for module in sd_model.modules():
         if getattr(module, "network_weights_backup", None) is not None or getattr(module, "network_bias_backup", None) is not None:
             networks.network_restore_weights_from_backup(module)

@@ -1,0 +1,200 @@
+"""Bench-only helper extension for the WebUI (NOT part of the LoRA trainer).
+
+bench/train_step.py copies this file into a throw-away data dir as
+  <data>/extensions/lora-trainer-bench/scripts/lora_trainer_bench.py
+so it only ever exists in a benchmark's temporary WebUI. It adds, inside the WebUI process:
+
+  GET  /lora-trainer-bench/v1/info   pid, torch threads, the applied cross-attention optimization, RSS,
+                                     and the wall time of the trainer's ui_settings / ui_tabs / app_started
+                                     callbacks (wrapped in on_before_ui, so they are timed one by one)
+  POST /lora-trainer-bench/v1/bare   {"iters": 8, "warmup": 2, "latent": 32, "batch": 1, "timestep": 500,
+                                      "mode": "bare" | "lora" | "lora_te", "attention": null | "sdp-no-mem" ...}
+      bare     frozen UNet forward + MSE backward through shared.sd_model.apply_model, grad only on the
+               input latent (the baseline of the training step)
+      lora     the same with the trainer's own network (lora_trainer.networks.factory.build_network) attached
+               and AdamW, each phase timed separately (cond / forward / backward / optimizer)
+      lora_te  as lora, plus text-encoder adapters and the caption encoded with grad every step
+    Runs under modules.call_queue.queue_lock, like generation and training.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+from modules import script_callbacks
+
+TARGET_SCRIPT = os.environ.get("LT_BENCH_TARGET_SCRIPT", "lora_trainer.py")
+CALLBACK_TIMES: dict[str, float] = {}
+PREFIX = "/lora-trainer-bench/v1"
+
+
+def _proc_status() -> dict:
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    out[line.split(":")[0]] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def _wrap_target_callbacks():
+    """Time the trainer's own callbacks one by one (A1111 times only app_started per script)."""
+    for category in ("ui_settings", "ui_tabs", "app_started"):
+        for c in script_callbacks.callback_map.get("callbacks_" + category, []):
+            if os.path.basename(str(c.script)) != TARGET_SCRIPT or getattr(c.callback, "_lt_bench", False):
+                continue
+            original, key = c.callback, f"{category}:{c.name}"
+
+            def timed(*args, _original=original, _key=key, **kwargs):
+                t0 = time.perf_counter()
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    CALLBACK_TIMES[_key] = CALLBACK_TIMES.get(_key, 0.0) + time.perf_counter() - t0
+
+            timed._lt_bench = True
+            c.callback = timed
+
+
+def _median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def _run_bare(body: dict) -> dict:
+    import torch
+    from modules import devices, sd_hijack, shared
+
+    iters, warmup = int(body.get("iters", 8)), int(body.get("warmup", 2))
+    size, batch, timestep = int(body.get("latent", 32)), int(body.get("batch", 1)), int(body.get("timestep", 500))
+    mode = body.get("mode", "bare")
+    attention = body.get("attention")
+    m = shared.sd_model
+    ctx_dim = int(body.get("context_dim", 768))
+    old_optimizer = getattr(sd_hijack.current_optimizer, "name", None)
+    if attention:
+        sd_hijack.apply_optimizations(attention)
+    applied = getattr(sd_hijack.current_optimizer, "name", None)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((batch, 4, size, size), generator=gen).to(devices.device)
+    target = torch.randn((batch, 4, size, size), generator=gen).to(devices.device)
+    cond_fixed = torch.randn((batch, 77, ctx_dim), generator=gen).to(devices.device)
+    t = torch.full((batch,), timestep, device=devices.device, dtype=torch.long)
+    phases: dict[str, list] = {"total": [], "cond": [], "forward": [], "backward": [], "optimizer": []}
+    info = {"mode": mode, "iters": iters, "warmup": warmup, "latent": [batch, 4, size, size],
+            "cond": [batch, 77, ctx_dim], "attention": applied, "threads": torch.get_num_threads()}
+
+    def one_iter(step_fn):
+        t0 = time.perf_counter()
+        parts = step_fn()
+        total = time.perf_counter() - t0
+        return total, parts
+
+    if mode == "bare":
+        flags = [(p, p.requires_grad) for p in m.parameters()]
+        for p, _ in flags:
+            p.requires_grad_(False)
+
+        def step_fn():
+            xi = x.clone().requires_grad_(True)
+            a = time.perf_counter()
+            out = m.apply_model(xi, t, cond_fixed)
+            b = time.perf_counter()
+            loss = torch.nn.functional.mse_loss(out.float(), target.float())
+            loss.backward()
+            c = time.perf_counter()
+            return {"forward": b - a, "backward": c - b}
+        try:
+            with torch.enable_grad():
+                for i in range(warmup + iters):
+                    total, parts = one_iter(step_fn)
+                    if i >= warmup:
+                        phases["total"].append(total)
+                        for k, v in parts.items():
+                            phases[k].append(v)
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+                p.grad = None
+    else:
+        # the trainer's own pieces, timed phase by phase (bench-only; mirrors lora_trainer/training/loop.py)
+        from lora_trainer.config import TrainConfig
+        from lora_trainer.networks.factory import build_network
+        from lora_trainer.training.optimizers import make_optimizer
+        from lora_trainer.webui.model import WebUIModel
+        from lora_trainer.webui.session import borrowed_model
+
+        te = mode == "lora_te"
+        cfg = TrainConfig.from_dict({"train_data_dir": "unused", "network_dim": int(body.get("dim", 32)),
+                                     "network_alpha": float(body.get("alpha", 16)),
+                                     "network_train_unet_only": not te, "learning_rate": 1e-4})
+        caption = body.get("caption", "sks shape, a red circle on a white background")
+        with borrowed_model(te) as sd_model:
+            model = WebUIModel(sd_model)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                net = build_network(cfg, model)
+            opt = make_optimizer(net, cfg)
+            n_params = sum(p.numel() for g in opt.param_groups for p in g["params"])
+            info.update(adapters=len(net), trainable_params=n_params)
+            with torch.no_grad():
+                cached = model.encode_captions([caption] * batch, [(size * 8, size * 8)] * batch)
+            with net.attached(), torch.enable_grad():
+                def step_fn():
+                    a = time.perf_counter()
+                    cond = model.encode_captions([caption] * batch, [(size * 8, size * 8)] * batch) if te else cached
+                    b = time.perf_counter()
+                    out = model.predict(x, t, cond)
+                    c = time.perf_counter()
+                    loss = torch.nn.functional.mse_loss(out.float(), target.float())
+                    loss.backward()
+                    d = time.perf_counter()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    e = time.perf_counter()
+                    return {"cond": b - a, "forward": c - b, "backward": d - c, "optimizer": e - d}
+                for i in range(warmup + iters):
+                    total, parts = one_iter(step_fn)
+                    if i >= warmup:
+                        phases["total"].append(total)
+                        for k, v in parts.items():
+                            phases[k].append(v)
+            del net, opt
+    if attention and old_optimizer != applied:
+        sd_hijack.apply_optimizations(old_optimizer)
+    info["median"] = {k: _median(v) for k, v in phases.items() if v}
+    info["seconds"] = phases["total"]
+    info["rss"] = _proc_status()
+    return info
+
+
+def _app_started(demo, app):
+    from fastapi import Body
+
+    def info():
+        import torch
+        from modules import sd_hijack, shared, timer
+        return {"pid": os.getpid(), "threads": torch.get_num_threads(),
+                "attention": getattr(sd_hijack.current_optimizer, "name", None),
+                "cross_attention_optimization": shared.opts.data.get("cross_attention_optimization"),
+                "callbacks": dict(CALLBACK_TIMES), "helper_registration_s": REGISTRATION_S, "startup": timer.startup_record, "rss": _proc_status(),
+                "torch": torch.__version__}
+
+    def bare(body: dict = Body(default={})):
+        from modules import call_queue
+        with call_queue.queue_lock:
+            return _run_bare(body or {})
+
+    app.add_api_route(PREFIX + "/info", info, methods=["GET"])
+    app.add_api_route(PREFIX + "/bare", bare, methods=["POST"])
+
+
+# each on_*() call costs A1111 an inspect.stack() (to name the callback): time ours as a reference
+_t0 = time.perf_counter()
+script_callbacks.on_before_ui(_wrap_target_callbacks)
+_t1 = time.perf_counter()
+script_callbacks.on_app_started(_app_started)
+REGISTRATION_S = [_t1 - _t0, time.perf_counter() - _t1]

@@ -1,0 +1,137 @@
+"""End-to-end: train through our API in the real WebUI (tiny SD1.5), then use the file there."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from .datasets import red_square_set
+
+TINY = {"resolution": "64", "min_bucket_reso": 64, "max_bucket_reso": 128, "network_dim": 4, "network_alpha": 4,
+        "learning_rate": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return red_square_set(tmp_path_factory.mktemp("ds"))
+
+
+def test_scan_reports_the_dataset(webui, dataset):
+    summary = webui.post("/lora-trainer/v1/scan", {"train_data_dir": str(dataset), **TINY, "max_train_epochs": 3})
+    assert summary["ok"] and summary["num_images"] == 4 and summary["num_train_images"] == 40
+    assert summary["steps_per_epoch"] == 40 and summary["total_steps"] == 120
+    assert summary["folders"][0]["repeats"] == 10 and summary["folders"][0]["captions_found"] == 4
+
+
+def test_bad_config_is_422_naming_the_key(webui, dataset):
+    status, body = webui.request("POST", "/lora-trainer/v1/jobs", {"train_data_dir": str(dataset), "network_dim": "big"})
+    assert status == 422 and body["detail"]["key"] == "network_dim" and body["detail"]["fix"]
+    status, body = webui.request("POST", "/lora-trainer/v1/jobs", {"train_data_dir": str(dataset), "output_name": "../../evil"})
+    assert status == 422 and body["detail"]["key"] == "output_name"
+
+
+def test_file_lands_in_models_lora_and_is_listed_without_restart(webui, dataset):
+    job = webui.train({"train_data_dir": str(dataset), **TINY, "max_train_epochs": 2, "save_every_n_epochs": 1,
+                       "output_name": "landing", "trigger_words": "sks square"})
+    assert job["state"] == "finished", job
+    assert job["files"] == ["landing-000001.safetensors", "landing.safetensors"]
+    assert job["step"] == job["total_steps"] == 80
+    path = webui.lora_dir / "landing.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        keys = list(f.keys())
+    assert meta["ss_output_name"] == "landing" and meta["ss_network_module"] == "networks.lora"
+    assert meta["ss_base_model_version"] == "sd_v1" and meta["ss_steps"] == "80" and meta["ss_epoch"] == "2"
+    assert meta["modelspec.trigger_phrase"] == "sks square"
+    assert all(k.startswith(("lora_unet_", "lora_te_")) for k in keys)
+    card = json.loads((webui.lora_dir / "landing.json").read_text())
+    assert card["activation text"] == "sks square" and card["sd version"] == "SD1"
+    names = {entry["name"] for entry in webui.get("/sdapi/v1/loras")}
+    assert {"landing", "landing-000001"} <= names
+    # the same name again is refused, nothing is overwritten
+    again = webui.train({"train_data_dir": str(dataset), **TINY, "max_train_epochs": 1, "output_name": "landing"})
+    assert again["state"] == "failed" and "landing.safetensors" in again["error"]
+
+
+@pytest.mark.parametrize("network", [{"network_type": "lora"}, {"network_type": "locon", "conv_dim": 4, "conv_alpha": 2}])
+def test_parity_with_the_webuis_own_lora_application(webui, dataset, network):
+    name = f"parity_{network['network_type']}"
+    job = webui.train({"train_data_dir": str(dataset), **TINY, "max_train_steps": 30, "learning_rate": 1e-2,
+                       "save_precision": "float", "output_name": name, **network})
+    assert job["state"] == "finished", job
+    report = webui.post("/lora-trainer/v1/verify", {"file": f"{name}.safetensors"})
+    assert report["unmatched_keys"] == [] and report["modules_unknown_to_trainer"] == []
+    assert report["lora_effect"] > 1e-3            # the network does something ...
+    assert report["max_abs_diff"] <= 1e-5          # ... and the WebUI applies exactly that
+    assert report["max_abs_diff_cond"] <= 1e-5
+    expected = 12 * 6 + (2 * 6 if network["network_type"] == "lora" else 0)
+    assert report["modules"] >= 84
+
+
+def _fingerprint(webui):
+    png = webui.txt2img("sks square", seed=99, steps=4)
+    return webui.get("/lora-trainer/v1/model?weights_hash=true")["state_dict_sha256"], png
+
+
+def _merge_a_lora(webui):
+    """Leave a LoRA merged into the weights, as any generation with <lora:...> does."""
+    webui.txt2img("sks square <lora:landing:1>", seed=1, steps=2)
+
+
+def test_model_is_handed_back_exactly_after_finished_stopped_and_failed_runs(webui, dataset):
+    before = _fingerprint(webui)
+    _merge_a_lora(webui)
+    base = {"train_data_dir": str(dataset), **TINY, "overwrite": True, "network_type": "locon", "conv_dim": 4}
+    finished = webui.train({**base, "output_name": "handback_ok", "max_train_steps": 20})
+    assert finished["state"] == "finished"
+    assert _fingerprint(webui) == before
+
+    _merge_a_lora(webui)
+    job = webui.post("/lora-trainer/v1/jobs", {**base, "output_name": "handback_stop", "max_train_steps": 100000})
+    webui.wait_job(job["id"], until=("running",), timeout=120)
+    while webui.get(f"/lora-trainer/v1/jobs/{job['id']}")["step"] < 3:
+        time.sleep(0.05)
+    webui.post(f"/lora-trainer/v1/jobs/{job['id']}/stop")
+    stopped = webui.wait_job(job["id"])
+    assert stopped["state"] == "stopped" and stopped["files"] == ["handback_stop.safetensors"]
+    assert 3 <= stopped["step"] < 100000
+    assert _fingerprint(webui) == before
+
+    _merge_a_lora(webui)
+    failed = webui.train({**base, "output_name": "handback_fail", "max_train_steps": 50}, debug={"fail_at_step": 5})
+    assert failed["state"] == "failed" and "injected failure" in failed["error"]
+    assert not (webui.lora_dir / "handback_fail.safetensors").exists()
+    assert _fingerprint(webui) == before
+
+
+def test_txt2img_during_training_waits_and_is_unchanged(webui, dataset):
+    expected = webui.txt2img("a photo of a cat", seed=4321, steps=4)
+    job = webui.post("/lora-trainer/v1/jobs", {"train_data_dir": str(dataset), **TINY, "overwrite": True,
+                                                "output_name": "concurrent", "max_train_steps": 150})
+    webui.wait_job(job["id"], until=("running",), timeout=120)
+    result = {}
+
+    def generate():
+        result["png"] = webui.txt2img("a photo of a cat", seed=4321, steps=4)
+        result["at"] = time.time()
+    thread = threading.Thread(target=generate)
+    thread.start()
+    thread.join(600)
+    done = webui.wait_job(job["id"])
+    assert done["state"] == "finished"
+    assert result["at"] >= done["finished_at"]     # it waited for the training
+    assert result["png"] == expected               # and training left no trace on it
+
+
+def test_second_job_is_queued_while_one_runs(webui, dataset):
+    cfg = {"train_data_dir": str(dataset), **TINY, "overwrite": True, "max_train_steps": 60}
+    first = webui.post("/lora-trainer/v1/jobs", {**cfg, "output_name": "queue_a"})
+    second = webui.post("/lora-trainer/v1/jobs", {**cfg, "output_name": "queue_b"})
+    webui.wait_job(first["id"], until=("running",), timeout=120)
+    assert webui.get(f"/lora-trainer/v1/jobs/{second['id']}")["state"] == "queued"
+    a, b = webui.wait_job(first["id"]), webui.wait_job(second["id"])
+    assert a["state"] == b["state"] == "finished" and b["started_at"] >= a["finished_at"]
