@@ -4,7 +4,9 @@ function lora_trainer_start() {
     var id = randomId();
     var points = [];
     var box = gradioApp().getElementById('lt_loss_plot');
-    gradioApp().getElementById('lt_result').innerHTML = '';
+    // gradio 3.41 gives an HTML's elem_id to its block and to the inner div: clear only our old result,
+    // never the block's innerHTML (that drops the node gradio renders later results into)
+    gradioApp().querySelectorAll('#lt_result .lt-result').forEach(function(el) { el.remove(); });
     requestProgress(id, gradioApp().getElementById('lt_progress'), null, function() {
         ['txt2img', 'img2img'].forEach(function(tab) {
             var refresh = gradioApp().getElementById(tab + '_lora_extra_refresh_internal');

@@ -1,5 +1,4 @@
 """REST routes under /lora-trainer/v1 (mounted at app start; honour --api-auth)."""
-from __future__ import annotations
 
 from secrets import compare_digest
 

@@ -135,3 +135,15 @@ def test_second_job_is_queued_while_one_runs(webui, dataset):
     assert webui.get(f"/lora-trainer/v1/jobs/{second['id']}")["state"] == "queued"
     a, b = webui.wait_job(first["id"]), webui.wait_job(second["id"])
     assert a["state"] == b["state"] == "finished" and b["started_at"] >= a["finished_at"]
+
+
+def test_gradient_checkpointing_still_trains_the_lora(webui, dataset):
+    """A1111's reentrant checkpointing would give LoRA zero gradients; ours must not."""
+    job = webui.train({"train_data_dir": str(dataset), **TINY, "max_train_steps": 20, "learning_rate": 1e-2,
+                       "gradient_checkpointing": True, "network_type": "locon", "conv_dim": 4,
+                       "network_train_unet_only": True, "output_name": "checkpointed", "save_precision": "float"})
+    assert job["state"] == "finished", job
+    with safe_open(str(webui.lora_dir / "checkpointed.safetensors"), "pt") as f:
+        ups = [f.get_tensor(k) for k in f.keys() if k.endswith("lora_up.weight")]
+    assert ups and all(float(u.abs().max()) > 0 for u in ups)   # every adapter received gradients
+    assert job["eval_loss_end"] < job["eval_loss_start"]

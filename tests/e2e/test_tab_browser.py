@@ -59,7 +59,7 @@ def ui_webui(tmp_path_factory):
     t0 = time.time()
     server = WebUI(tmp_path_factory.mktemp("webui-ui-data"), ui=True)
     server.webui_dir = undotted_webui_dir(server.webui_dir, tmp_path_factory.mktemp("webui-code"))
-    server.start()
+    server.start(timeout=300)
     print(f"\n[browser] WebUI (UI mode) up in {time.time() - t0:.1f}s at {server.url}; log {server.log_path}")
     yield server
     server.stop()
@@ -95,6 +95,23 @@ def fill(page, elem_id: str, value):
     box.fill(str(value))
     box.dispatch_event("input")
     box.press("Tab")          # blur: gradio Number commits on change/blur too
+
+
+def wait_for_result(server, page, result, timeout=600, grace=60):
+    """Wait for the tab's result; fail fast (with the job) when the server's job ended but the page shows nothing."""
+    deadline, ended_at = time.time() + timeout, None
+    while time.time() < deadline:
+        if result.count():
+            return
+        jobs = server.get("/lora-trainer/v1/jobs")
+        if ended_at is None and jobs and jobs[-1]["state"] in ("finished", "stopped", "failed"):
+            ended_at = time.time()
+        if ended_at is not None and time.time() - ended_at > grace:
+            job = {k: v for k, v in jobs[-1].items() if k != "losses"}
+            pytest.fail(f"job ended on the server ({job}) but #lt_result shows nothing after {grace}s; "
+                        f"#lt_result: {page.locator('#lt_result').first.inner_html()[:500]!r}")
+        page.wait_for_timeout(1000)
+    pytest.fail(f"no result in #lt_result after {timeout}s")
 
 
 # Installed before Start: remembers whether A1111's progress bar was put in front of #lt_progress and the
@@ -146,7 +163,7 @@ def test_tab_trains_in_browser(ui_webui, page, tmp_path):
     t_train = time.time()
     page.locator("#lt_start").click()
     result = page.locator("#lt_result [data-state]")
-    result.wait_for(state="attached", timeout=600_000)
+    wait_for_result(server, page, result)
     train_s = time.time() - t_train
     state = result.get_attribute("data-state")
     result_text = page.locator("#lt_result").first.inner_text()
@@ -185,9 +202,13 @@ def test_tab_trains_in_browser(ui_webui, page, tmp_path):
     print(f"[browser] txt2img prompt after Send: {txt2img_prompt!r}")
     assert f"<lora:{files[-1].rsplit('.', 1)[0]}:" in txt2img_prompt
     assert not page.locator("#tab_lora_trainer").is_visible()
+    # the end of Start refreshed the Lora cards (lora_trainer.js atEnd): the new LoRA has a card in txt2img
+    page.locator("#txt2img_extra_tabs > .tab-nav > button", has_text="Lora").click()
+    page.locator(f"#txt2img_lora_cards .card[data-name='{files[-1].rsplit('.', 1)[0]}']").wait_for(
+        state="attached", timeout=60_000)
 
     ours = [e for e in page.js_errors if "lora_trainer" in e or "lt_" in e]
     if page.js_errors:
-        print("[browser] JS errors on the page:\n  " + "\n  ".join(page.js_errors))
+        print("[browser] console/page errors:\n  " + "\n  ".join(page.js_errors))
     assert not ours, ours
     print(f"[browser] page flow took {time.time() - t0:.1f}s")

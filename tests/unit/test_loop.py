@@ -129,3 +129,30 @@ def test_run_training_writes_kohya_file_card_and_refuses_overwrite(dataset, tmp_
     with pytest.raises(UserError) as e:
         run_training(cfg, FakeModel(), str(lora_dir), lambda **kw: None, lambda: None)
     assert "fake.safetensors" in e.value.text()
+
+
+def test_prodigy_with_its_args_trains(dataset):
+    pytest.importorskip("prodigyopt")
+    cfg = config(dataset, optimizer_type="Prodigy", learning_rate=1.0, max_train_steps=40,
+                 optimizer_args=["d_coef=2", "use_bias_correction=True", "safeguard_warmup=True", "weight_decay=0.01",
+                                 "decouple=True", "betas=0.9,0.99"])
+    result, _ = run(cfg)
+    assert result.optimizer.startswith("prodigyopt.prodigy.Prodigy(") and "d_coef=2" in result.optimizer
+    assert result.eval_loss_end < result.eval_loss_start
+
+
+def test_prodigy_rejects_unknown_args_naming_the_key(dataset):
+    pytest.importorskip("prodigyopt")
+    with pytest.raises(UserError) as e:
+        run(config(dataset, optimizer_type="Prodigy", learning_rate=1.0, optimizer_args=["warmup=3"]))
+    assert e.value.key == "optimizer_args"
+
+
+def test_warmup_and_cosine_schedule():
+    from lora_trainer.training.schedulers import lr_multiplier
+    assert lr_multiplier("constant_with_warmup", 0, 100, 10) == pytest.approx(0.1)
+    assert lr_multiplier("constant_with_warmup", 50, 100, 10) == 1.0
+    assert lr_multiplier("cosine", 10, 110, 10) == pytest.approx(1.0)
+    assert lr_multiplier("cosine", 60, 110, 10) == pytest.approx(0.5)
+    assert lr_multiplier("cosine", 110, 110, 10) == pytest.approx(0.0)
+    assert lr_multiplier("constant", 0, 100, 10) == 1.0
