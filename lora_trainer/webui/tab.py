@@ -121,6 +121,8 @@ def create_tab():
                     start_btn = gr.Button("Start", variant="primary", elem_id="lt_start")
                     stop_btn = gr.Button("Stop & Save", elem_id="lt_stop")
                 scan_out = gr.HTML(elem_id="lt_scan_summary")
+                step_count = gr.HTML(elem_id="lt_live_steps")
+                last_buckets = gr.State(None)
                 gr.HTML("<div id='lt_loss_plot' class='lt-loss-plot'><svg viewBox='0 0 400 120'></svg>"
                         "<div class='lt-loss-label'></div></div>", elem_id="lt_loss_box")
                 progress_out = gr.HTML(elem_id="lt_progress")
@@ -135,9 +137,10 @@ def create_tab():
         def do_scan(*values):
             from ..dataset.scan import scan_dataset
             try:
-                return scan_summary_html(scan_dataset(form_to_config(keys, values)).summary())
+                summary = scan_dataset(form_to_config(keys, values)).summary()
             except UserError as e:
-                return _error_html(e)
+                return _error_html(e), None
+            return scan_summary_html(summary), summary["buckets"]
 
         def do_train(task, *values):
             *values, w = values
@@ -155,7 +158,20 @@ def create_tab():
             name = job.files[-1].rsplit(".", 1)[0] if job.files else cfg.output_name
             return prompt_text(name, w, cfg.trigger_words) if job.files else gr.update(), text
 
-        scan_btn.click(fn=do_scan, inputs=inputs, outputs=[scan_out])
+        scan_btn.click(fn=do_scan, inputs=inputs, outputs=[scan_out, last_buckets])
+
+        def recount(buckets, epochs, batch_size):
+            """The live step count: re-counted from the last scan's buckets, no rescan needed."""
+            from ..dataset.scan import count_steps
+            if not buckets:
+                return gr.update()
+            per_bucket = {tuple(b["resolution"]): b["count"] for b in buckets}
+            _, per_epoch, _, total = count_steps(per_bucket, max(1, int(batch_size or 1)), 1, max(1, int(epochs or 1)))
+            return (f"<p id='lt_step_count'>Steps per epoch: <b>{per_epoch}</b> · total: <b>{total}</b> "
+                    f"(batch {int(batch_size or 1)}, {int(epochs or 1)} epochs)</p>")
+        for source in (fields["max_train_epochs"], fields["train_batch_size"]):
+            source.change(fn=recount, inputs=[last_buckets, fields["max_train_epochs"], fields["train_batch_size"]],
+                          outputs=[step_count])
         start_btn.click(fn=wrap_gradio_gpu_call(do_train, extra_outputs=[gr.update()]), _js="lora_trainer_start",
                         inputs=[task_id, *inputs, weight], outputs=[prompt, result_out])
         stop_btn.click(fn=lambda: JOBS.stop_current("save") and None, inputs=[], outputs=[])
