@@ -23,7 +23,7 @@ LYCORIS = "lycoris-lora"
 PRODIGY_SPEC = "prodigyopt>=1.1,<2"
 # lycoris-lora >= 4.1 runs torch.library.custom_op at import time: that needs torch >= 2.4.
 LYCORIS_SPEC_NEW = "lycoris-lora>=4.1,<5"
-LYCORIS_SPEC_OLD = "lycoris-lora>=3.3,<4.1"
+LYCORIS_SPEC_OLD = "lycoris-lora>=3.3,<4.0"  # a 3.x release: no kernels layer at all
 TORCH_CUSTOM_OP = (2, 4)
 LYCORIS_CUSTOM_OP = (4, 1)
 

@@ -119,11 +119,21 @@ def save_lora_file(path, tensors: dict, metadata: dict, save_precision: str = "f
         raise TypeError(f"metadata values must be strings: {not_str}")
     final["sshs_model_hash"], final["sshs_legacy_hash"] = hashes.model_hashes(to_save, hashes.ss_only(final))
 
+    def write(tmp):
+        save_file(to_save, str(tmp), metadata=final)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    _atomic_write(path, write)
+    return final
+
+
+def _atomic_write(path, write) -> None:
+    """write(tmp) fills `<path>.tmp`; then one rename: readers (the Lora list reloads by mtime)
+    never see a partial file, and on failure the old file is untouched and the tmp removed."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        save_file(to_save, str(tmp), metadata=final)
-        _fsync_file(tmp)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -132,12 +142,6 @@ def save_lora_file(path, tensors: dict, metadata: dict, save_precision: str = "f
             pass
         raise
     _fsync_dir(path.parent)
-    return final
-
-
-def _fsync_file(path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 def _fsync_dir(directory) -> None:
@@ -153,17 +157,9 @@ def _fsync_dir(directory) -> None:
 
 def write_text_atomic(path, text: str) -> None:
     """Write a small text file atomically (tmp + fsync + replace), for sidecars."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    def write(tmp):
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
+    _atomic_write(path, write)

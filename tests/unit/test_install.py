@@ -62,7 +62,7 @@ def test_lycoris_spec_gated_on_torch(torch, spec):
 def test_specs_are_the_documented_ranges():
     assert inst.PRODIGY_SPEC == "prodigyopt>=1.1,<2"
     assert NEW == "lycoris-lora>=4.1,<5"
-    assert OLD == "lycoris-lora>=3.3,<4.1"
+    assert OLD == "lycoris-lora>=3.3,<4.0"
 
 
 P = inst.Install(inst.PRODIGY_SPEC)
