@@ -68,8 +68,9 @@ def train(cfg, model, scan, cb: Callbacks) -> TrainResult:
         network = build_network(cfg, model)
     optimizer = make_optimizer(network, cfg)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
-    use_scaler = device.type == "cuda" and cfg.mixed_precision == "fp16"
-    scaler = torch.cuda.amp.GradScaler() if use_scaler else None
+    # fp16 forward (the WebUI's half model under its autocast) needs loss scaling; fp32 masters stay fp32
+    use_scaler = device.type == "cuda" and model.describe().get("mixed_precision") == "fp16"
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
 
     # 3. captions: encoded once each when the text encoder is frozen and captions are fixed

@@ -107,6 +107,8 @@ class JobQueue:
         self._pending.put(None)
         if self._worker is not None:
             self._worker.join(timeout)
+        # the module outlives a Reload UI: be ready for the next app's jobs
+        self._worker, self._closing = None, False
 
     # -- internals
     def _new_job(self, config, task_id) -> Job:

@@ -1,0 +1,35 @@
+"""Pure parts of the WebUI layer that need no WebUI: file resolution for /verify, the job record."""
+import os
+
+import pytest
+
+from lora_trainer.errors import UserError
+from lora_trainer.webui.jobs import Job, JobQueue
+from lora_trainer.webui.verify import resolve_lora_file
+
+
+def test_verify_only_reads_files_inside_models_lora(tmp_path):
+    lora = tmp_path / "Lora"
+    lora.mkdir()
+    (lora / "ok.safetensors").write_bytes(b"x")
+    (tmp_path / "secret.safetensors").write_bytes(b"x")
+    assert resolve_lora_file(str(lora), "ok") == os.path.realpath(lora / "ok.safetensors")
+    for bad in ("../secret.safetensors", "/etc/passwd", "", "missing.safetensors"):
+        with pytest.raises(UserError):
+            resolve_lora_file(str(lora), bad)
+    os.symlink(tmp_path / "secret.safetensors", lora / "link.safetensors")
+    with pytest.raises(UserError):
+        resolve_lora_file(str(lora), "link.safetensors")
+
+
+def test_queued_job_can_be_stopped_before_it_runs():
+    q = JobQueue()
+    job = q._new_job(config=object(), task_id=None)
+    assert job.state == "queued" and job.task_id.startswith("task(")
+    q.stop(job.id)
+    assert job.state == "stopped" and job.as_dict()["state"] == "stopped"
+
+
+def test_job_record_has_the_documented_fields():
+    d = Job(id="x", config=object(), task_id="task(x)").as_dict()
+    assert {"state", "step", "total_steps", "epoch", "loss", "eta_s", "files", "error"} <= set(d)
