@@ -10,10 +10,7 @@ spaces/newlines that made bad Windows paths (bmaltais/kohya_ss#1541).
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +18,12 @@ from pathlib import Path
 from ..dataset.captions import caption_path, normalise_extension
 from ..dataset.images import IMAGE_EXTENSIONS
 from ..errors import UserError
-from .tags import format_caption, write_text_atomic
+from .files import copy_atomic, write_text_atomic
+from .names import bad_chars
+from .tags import format_caption
 
 # hollowstrawberry's kohya-colab advice: images x repeats per concept between 200 and 400.
 DEFAULT_TARGET_PER_EPOCH = 300
-
-_BAD_CHARS = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
 
 
 # ---------------------------------------------------------------- names and repeats
@@ -42,7 +39,7 @@ def clean_name(name) -> str:
     if not text:
         raise UserError(f"The concept name {name!r} is empty.", fix="Give every concept a name, "
                         "e.g. its trigger word and class: 'sks dog'.")
-    bad = sorted(set(_BAD_CHARS.findall(text)))
+    bad = bad_chars(text)
     if bad:
         shown = " ".join(repr(c)[1:-1] for c in bad)
         raise UserError(f"The concept name '{text}' contains characters a folder name cannot have: {shown}.",
@@ -135,20 +132,6 @@ def _unique_names(paths: list[Path]) -> list[str]:
         used.add(candidate.lower())
         names.append(candidate + ext)
     return names
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix="." + dst.name + ".", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _caption_text(value) -> str:
@@ -247,7 +230,7 @@ def build_training_folder(out_dir, concepts: Mapping[str, tuple], *, caption_ext
         report.folders[plan.name] = str(plan.folder)
         for src, target, caption in zip(plan.sources, plan.targets, plan.captions):
             dst = plan.folder / target
-            _copy_atomic(src, dst)
+            copy_atomic(src, dst)
             cap_dst = caption_path(dst, ext)
             written = None
             if caption is not None:
@@ -256,7 +239,7 @@ def build_training_folder(out_dir, concepts: Mapping[str, tuple], *, caption_ext
             else:
                 cap_src = caption_path(src, ext)
                 if cap_src.is_file():
-                    _copy_atomic(cap_src, cap_dst)
+                    copy_atomic(cap_src, cap_dst)
                     written = str(cap_dst)
             report.images.append(CopiedImage(str(src), str(dst), written))
     return report

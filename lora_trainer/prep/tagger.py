@@ -1,11 +1,11 @@
-"""WD14 / WD v3 tagger (SmilingWolf ONNX models): load, tag images, write caption files.
+"""WD14 / WD v3 tagger (SmilingWolf ONNX models): the session, pre- and post-processing.
 
 Runs outside the WebUI. Only Pillow is imported at module level; onnxruntime, numpy and
 huggingface_hub are imported where they are used, so the tab loads without them.
+Finding / downloading a model and its labels: tagger_models; writing caption files:
+captioning. Both are re-exported here.
 
-Model contract (shared/docs/dataset-prep.md §1): a folder with ``model.onnx`` and
-``selected_tags.csv`` (tag_id,name,category,count; row i is output i; category 0 general,
-4 character, 9 rating). Input NHWC float32 [batch, S, S, 3], BGR, raw 0-255; output
+Model contract (shared/docs/dataset-prep.md §1, see tagger_models): input NHWC float32 [batch, S, S, 3], BGR, raw 0-255; output
 [batch, n_tags] probabilities (the sigmoid is in the graph). v3 models have a dynamic batch
 dimension, v2 models a fixed batch of 1: both are read from the session, never assumed.
 
@@ -16,40 +16,30 @@ CPU and only logs. `WD14Tagger` therefore reports the providers the session actu
 
 from __future__ import annotations
 
-import csv
-import os
 import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from ..dataset.captions import read_caption
-from ..dataset.images import open_image
+from ..dataset.images import _to_rgb, open_image
 from ..errors import UserError
-from .tags import KEEP_SEPARATOR, backup_path, format_caption, normalise_tag, parse_caption, \
-    write_text_atomic
+from .captioning import (WRITE_MODES, CaptionChange, CaptionReport, caption_images,  # noqa: F401
+                         caption_images_sequential, undo_captions)
+from .tagger_models import (CATEGORY_CHARACTER, CATEGORY_GENERAL, CATEGORY_RATING,  # noqa: F401
+                            CPU_PROVIDER, DEFAULT_MODEL, LABELS_FILE, MODEL_FILE, MODELS, Label,
+                            TaggerModel, load_labels, resolve_model)
+from .tags import normalise_tag
 
-MODEL_FILE = "model.onnx"
-LABELS_FILE = "selected_tags.csv"
 DEFAULT_IMAGE_SIZE = 448
-
-CATEGORY_GENERAL = 0
-CATEGORY_CHARACTER = 4
-CATEGORY_RATING = 9
 
 # toriato's list (picobyte tagger/settings.py DEFAULT_KAMOJIS): names whose '_' is kept.
 KAOMOJI = ("0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>", "=_=", ">_<", "3_3",
            "6_9", ">_o", "@_@", "^_^", "o_o", "u_u", "x_x", "|_|", "||_||")
 
-CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 DEFAULT_PROVIDERS = (CUDA_PROVIDER, "DmlExecutionProvider", CPU_PROVIDER)
-
-WRITE_MODES = ("overwrite", "append", "missing")
 
 # dataset.images.open_image wraps each decode in warnings.catch_warnings(), which edits the
 # process-wide filter list: two threads inside it at once can leave its "error" filter installed
@@ -58,143 +48,7 @@ WRITE_MODES = ("overwrite", "append", "missing")
 _DECODE_LOCK = threading.Lock()
 
 
-@dataclass(frozen=True)
-class TaggerModel:
-    name: str
-    repo_id: str
-    dataset: str                  # "v3" | "v2" | "v1": the tag set / training data generation
-    fixed_batch: bool             # True: the ONNX batch dimension is 1 (v2/v1)
-    threshold: float | None = None  # the model card's validation P=R threshold, if published
-
-
-MODELS: dict[str, TaggerModel] = {m.name: m for m in (
-    TaggerModel("wd-swinv2-tagger-v3", "SmilingWolf/wd-swinv2-tagger-v3", "v3", False, 0.2653),
-    TaggerModel("wd-convnext-tagger-v3", "SmilingWolf/wd-convnext-tagger-v3", "v3", False, 0.2682),
-    TaggerModel("wd-vit-tagger-v3", "SmilingWolf/wd-vit-tagger-v3", "v3", False, 0.2614),
-    TaggerModel("wd-vit-large-tagger-v3", "SmilingWolf/wd-vit-large-tagger-v3", "v3", False, None),
-    TaggerModel("wd-eva02-large-tagger-v3", "SmilingWolf/wd-eva02-large-tagger-v3", "v3", False, 0.5296),
-    TaggerModel("wd-v1-4-moat-tagger-v2", "SmilingWolf/wd-v1-4-moat-tagger-v2", "v2", True, None),
-    TaggerModel("wd-v1-4-swinv2-tagger-v2", "SmilingWolf/wd-v1-4-swinv2-tagger-v2", "v2", True, None),
-    TaggerModel("wd-v1-4-convnext-tagger-v2", "SmilingWolf/wd-v1-4-convnext-tagger-v2", "v2", True, 0.3685),
-    TaggerModel("wd-v1-4-convnextv2-tagger-v2", "SmilingWolf/wd-v1-4-convnextv2-tagger-v2", "v2", True, None),
-    TaggerModel("wd-v1-4-vit-tagger-v2", "SmilingWolf/wd-v1-4-vit-tagger-v2", "v2", True, 0.3537),
-    TaggerModel("wd-v1-4-vit-tagger", "SmilingWolf/wd-v1-4-vit-tagger", "v1", True, None),
-    TaggerModel("wd-v1-4-convnext-tagger", "SmilingWolf/wd-v1-4-convnext-tagger", "v1", True, None),
-)}
-DEFAULT_MODEL = "wd-swinv2-tagger-v3"
-
-
-# ---------------------------------------------------------------- finding / downloading a model
-
-def _is_model_dir(path: Path) -> bool:
-    return (path / MODEL_FILE).is_file() and (path / LABELS_FILE).is_file()
-
-
-def _repo_for(name: str) -> str | None:
-    if name in MODELS:
-        return MODELS[name].repo_id
-    for model in MODELS.values():
-        if model.repo_id == name:
-            return name
-    if name.count("/") == 1 and all(name.split("/")) and " " not in name:
-        return name  # some other owner/repo with the same two files
-    return None
-
-
-def resolve_model(name_or_path, models_dir, *, revision: str | None = None,
-                  force_download: bool = False) -> Path:
-    """The folder holding model.onnx + selected_tags.csv for a name, a hub id or a local folder.
-
-    - an existing folder with both files is used as it is;
-    - a name from MODELS, or an 'owner/repo' hub id, is downloaded with
-      ``huggingface_hub.hf_hub_download(repo_id, file, local_dir=<models_dir>/<owner>_<repo>)``
-      (skipped when that folder already has both files, unless `force_download`);
-      pass `revision` to pin a tagged revision (the v3 cards ask for it).
-    Raises UserError naming the fix.
-    """
-    text = str(name_or_path).strip()
-    if not text:
-        raise UserError("No tagger model was chosen.", fix=f"Pick one, e.g. {DEFAULT_MODEL}.")
-    path = Path(text).expanduser()
-    if path.is_dir():
-        if _is_model_dir(path):
-            return path
-        missing = [f for f in (MODEL_FILE, LABELS_FILE) if not (path / f).is_file()]
-        raise UserError(f"The tagger folder lacks {' and '.join(missing)}.", path=path,
-                        fix="A WD14 tagger folder needs model.onnx and selected_tags.csv from the "
-                            "model's Hugging Face repository.")
-    repo_id = _repo_for(text)
-    if repo_id is None:
-        raise UserError(f"'{text}' is neither a tagger folder nor a known tagger model.",
-                        fix="Use one of: " + ", ".join(MODELS) + " (or a Hugging Face id like "
-                            "SmilingWolf/wd-vit-tagger-v3, or a folder with model.onnx and selected_tags.csv).")
-    target = Path(models_dir).expanduser() / repo_id.replace("/", "_")
-    if _is_model_dir(target) and not force_download:
-        return target
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise UserError("Downloading a tagger needs the huggingface_hub package.",
-                        fix="pip install huggingface_hub into the WebUI's Python, or download "
-                            f"{MODEL_FILE} and {LABELS_FILE} from https://huggingface.co/{repo_id} "
-                            f"into {target}.") from None
-    target.mkdir(parents=True, exist_ok=True)
-    got = {}
-    for filename in (MODEL_FILE, LABELS_FILE):
-        kwargs = {"local_dir": str(target)}
-        if revision:
-            kwargs["revision"] = revision
-        if force_download:
-            kwargs["force_download"] = True
-        try:
-            got[filename] = Path(hf_hub_download(repo_id, filename, **kwargs))
-        except Exception as exc:  # network, 404, offline mode, disk full: all the user's to fix
-            raise UserError(f"Could not download {filename} of {repo_id}: {type(exc).__name__}: {exc}",
-                            path=target,
-                            fix="Check the internet connection (and HF_HUB_OFFLINE), or download the "
-                                f"files by hand from https://huggingface.co/{repo_id} into this folder.") from None
-    folder = got[MODEL_FILE].parent
-    if not _is_model_dir(folder):
-        raise UserError(f"The download of {repo_id} did not leave both files in one folder.",
-                        path=folder, fix="Delete the folder and download again.")
-    return folder
-
-
-# ---------------------------------------------------------------- labels and post-processing
-
-@dataclass(frozen=True)
-class Label:
-    name: str       # as in the CSV (underscores)
-    category: int
-
-
-def load_labels(csv_path) -> list[Label]:
-    """Rows of selected_tags.csv in order (parsed with csv: some names contain ',' or quotes)."""
-    csv_path = Path(csv_path)
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as fp:
-            reader = csv.DictReader(fp)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            if header[:3] != ["tag_id", "name", "category"]:
-                raise UserError(f"Unexpected header {header!r} (expected tag_id,name,category,count).",
-                                path=csv_path, fix="Use the selected_tags.csv that came with the model.")
-            labels = []
-            for n, row in enumerate(reader, 2):
-                try:
-                    labels.append(Label(row["name"], int(row["category"])))
-                except (TypeError, ValueError):
-                    raise UserError(f"Row {n} has no numeric category.", path=csv_path,
-                                    fix="Use the selected_tags.csv that came with the model.") from None
-    except OSError as exc:
-        raise UserError(f"Cannot read the tag list ({exc.strerror or exc}).", path=csv_path,
-                        fix="Download selected_tags.csv again.") from None
-    except UnicodeDecodeError:
-        raise UserError("The tag list is not UTF-8 text.", path=csv_path,
-                        fix="Download selected_tags.csv again.") from None
-    if not labels:
-        raise UserError("The tag list is empty.", path=csv_path, fix="Download selected_tags.csv again.")
-    return labels
-
+# ---------------------------------------------------------------- post-processing
 
 def display_name(name: str, replace_underscores: bool = True, kaomoji: Iterable[str] = KAOMOJI) -> str:
     """'long_hair' -> 'long hair'; kaomoji such as '^_^' keep their underscore."""
@@ -308,20 +162,11 @@ def _undesired_key(tag: str, opts: TagOptions) -> str:
 
 # ---------------------------------------------------------------- pre-processing
 
-def _flatten(image: Image.Image) -> Image.Image:
-    """RGB with any transparency composited on white (open_image does this for files)."""
-    if image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
 def prepare_image(image: Image.Image, size: int):
     """HWC float32 BGR 0-255 array: pad to a white centred square, resize to `size` (bicubic)."""
     import numpy as np
 
-    image = _flatten(image)
+    image = _to_rgb(image)  # what open_image does for files: in-memory images look the same
     w, h = image.size
     side = max(w, h)
     if w != h:
@@ -482,206 +327,3 @@ class WD14Tagger:
         """Tag paths / PIL images in memory (one batch). See caption_images for folders."""
         probs = self.predict([self.prepare(im) for im in images])
         return [self.postprocess(row, options) for row in probs]
-
-
-# ---------------------------------------------------------------- writing caption files
-
-@dataclass
-class CaptionChange:
-    """One caption file written: enough to undo it."""
-
-    caption_path: str
-    previous: bytes | None   # the file's bytes before, None when it did not exist
-    backup_path: str | None  # the .bak copy written beside it, if any
-
-
-@dataclass
-class CaptionReport:
-    written: list[str] = field(default_factory=list)      # caption files written
-    unchanged: list[str] = field(default_factory=list)    # images whose caption already said this
-    skipped: list[str] = field(default_factory=list)      # images skipped ("missing": caption exists)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (image, message)
-    changes: list[CaptionChange] = field(default_factory=list)
-    results: dict[str, TagResult] = field(default_factory=dict)  # image -> tags
-    stopped: bool = False
-    provider: str = CPU_PROVIDER
-    provider_note: str | None = None
-    seconds: float = 0.0
-
-
-def _caption_file(image, extension: str) -> Path:
-    ext = extension if extension.startswith(".") else "." + extension
-    return Path(os.path.splitext(str(image))[0] + ext)
-
-
-def _new_text(image, result: TagResult, mode: str, extension: str) -> tuple[str | None, str | None]:
-    """(text to write, problem) for one image; text None = leave the file alone."""
-    target = _caption_file(image, extension)
-    new_tags = list(result.tags)
-    if mode == "append" and target.is_file():
-        text, problem = read_caption(image, extension)
-        if problem is not None and problem.severity == "warning" and problem.kind != "empty":
-            return None, problem.message + " Not changed (append mode)."
-        old = parse_caption(text or "", KEEP_SEPARATOR)
-        have = {normalise_tag(t) for t in old}
-        new_tags = old + [t for t in new_tags if normalise_tag(t) not in have]
-    return format_caption(new_tags, KEEP_SEPARATOR) + "\n", None
-
-
-def _write_caption(image, text: str, extension: str, backup: bool, report: CaptionReport) -> None:
-    target = _caption_file(image, extension)
-    previous = None
-    if target.is_file():
-        previous = target.read_bytes()
-        if previous == text.encode("utf-8"):
-            report.unchanged.append(str(image))
-            return
-    saved = None
-    if previous is not None and backup:
-        saved = backup_path(target)
-        saved.write_bytes(previous)
-    write_text_atomic(target, text)
-    report.written.append(str(target))
-    report.changes.append(CaptionChange(str(target), previous, str(saved) if saved else None))
-
-
-def undo_captions(changes: Iterable[CaptionChange]) -> list[str]:
-    """Put back what `caption_images` changed (newest first); returns the files restored/removed."""
-    done = []
-    for change in reversed(list(changes)):
-        path = Path(change.caption_path)
-        if change.previous is None:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-        else:
-            tmp = path.with_name("." + path.name + ".undo.tmp")
-            tmp.write_bytes(change.previous)
-            os.replace(tmp, path)
-        done.append(str(path))
-    return done
-
-
-def _load(tagger: WD14Tagger, path):
-    """(array, None) or (None, message): a bad file must not end the run."""
-    try:
-        return tagger.prepare(path), None
-    except UserError as exc:
-        return None, exc.text()
-    except Exception as exc:  # noqa: BLE001 - e.g. a Pillow decoder bug on one odd file
-        return None, f"{path}: {type(exc).__name__}: {exc}"
-
-
-def _check_mode(mode: str):
-    if mode not in WRITE_MODES:
-        raise ValueError(f"mode must be one of {WRITE_MODES}, not {mode!r}")
-
-
-def _todo(paths, mode, extension, report):
-    todo = []
-    for p in paths:
-        if mode == "missing" and _caption_file(p, extension).is_file():
-            report.skipped.append(str(p))
-        else:
-            todo.append(p)
-    return todo
-
-
-def _finish(image, result, mode, extension, backup, report):
-    report.results[str(image)] = result
-    text, problem = _new_text(image, result, mode, extension)
-    if problem:
-        report.failed.append((str(image), problem))
-        return
-    try:
-        _write_caption(image, text, extension, backup, report)
-    except OSError as exc:
-        report.failed.append((str(image), f"Cannot write the caption ({exc.strerror or exc})."))
-
-
-def caption_images(paths: Sequence, tagger: WD14Tagger, mode: str = "overwrite", *,
-                   progress: Callable[[int, int], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None, batch_size: int = 8,
-                   options: TagOptions | None = None, extension: str = ".txt", backup: bool = True,
-                   workers: int | None = None) -> CaptionReport:
-    """Tag `paths` and write `<stem><extension>` beside each image.
-
-    mode "overwrite": replace the caption; "append": add the new tags after the existing ones
-    (no duplicates; a `|||` part is kept); "missing": only images without a caption file.
-    Writes are atomic; a replaced caption is copied to `<caption>.bak` first (`backup`) and
-    every change is in ``report.changes`` for `undo_captions`.
-    Decoding/resizing of the next batch runs in a thread pool while the current batch is on
-    the model (decodes one at a time, see _DECODE_LOCK). `should_stop()` is checked between
-    batches; `progress(done, total)` after each.
-    A file that cannot be decoded is reported in ``report.failed`` and the rest go on.
-    """
-    _check_mode(mode)
-    start = time.perf_counter()
-    report = CaptionReport(provider=tagger.provider, provider_note=tagger.provider_note)
-    todo = _todo(paths, mode, extension, report)
-    total = len(todo)
-    batch_size = max(1, int(batch_size))
-    batches = [todo[i:i + batch_size] for i in range(0, total, batch_size)]
-    workers = workers or min(8, os.cpu_count() or 1)
-    done = 0
-    if progress:
-        progress(0, total)
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wd14-load") as pool:
-        pending = [pool.submit(_load, tagger, p) for p in batches[0]] if batches else []
-        for k, batch in enumerate(batches):
-            if should_stop and should_stop():
-                report.stopped = True
-                for f in pending:
-                    f.cancel()
-                break
-            loaded = [f.result() for f in pending]
-            # Queue the next batch's decoding before this batch goes to the model.
-            pending = [pool.submit(_load, tagger, p) for p in batches[k + 1]] if k + 1 < len(batches) else []
-            good, arrays = [], []
-            for path, (array, error) in zip(batch, loaded):
-                if error is not None:
-                    report.failed.append((str(path), error))
-                else:
-                    good.append(path)
-                    arrays.append(array)
-            if arrays:
-                probs = tagger.predict(arrays)
-                for path, row in zip(good, probs):
-                    _finish(path, tagger.postprocess(row, options), mode, extension, backup, report)
-            done += len(batch)
-            if progress:
-                progress(done, total)
-    report.seconds = time.perf_counter() - start
-    return report
-
-
-def caption_images_sequential(paths: Sequence, tagger: WD14Tagger, mode: str = "overwrite", *,
-                              progress: Callable[[int, int], None] | None = None,
-                              should_stop: Callable[[], bool] | None = None,
-                              options: TagOptions | None = None, extension: str = ".txt",
-                              backup: bool = True) -> CaptionReport:
-    """The baseline for benchmarking caption_images: decode, run and write one image at a time
-    on the calling thread. Same files and report as caption_images."""
-    _check_mode(mode)
-    start = time.perf_counter()
-    report = CaptionReport(provider=tagger.provider, provider_note=tagger.provider_note)
-    todo = _todo(paths, mode, extension, report)
-    total = len(todo)
-    if progress:
-        progress(0, total)
-    for i, path in enumerate(todo):
-        if should_stop and should_stop():
-            report.stopped = True
-            break
-        array, error = _load(tagger, path)
-        if error is not None:
-            report.failed.append((str(path), error))
-        else:
-            row = tagger.predict([array])[0]
-            _finish(path, tagger.postprocess(row, options), mode, extension, backup, report)
-        if progress:
-            progress(i + 1, total)
-    report.seconds = time.perf_counter() - start
-    return report

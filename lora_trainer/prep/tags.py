@@ -16,17 +16,16 @@ Conventions shared by every function here:
   images are copied through unchanged;
 - an argument naming tags accepts a list of tags or one comma-separated string.
 
-The two file helpers at the end (``write_text_atomic``, ``backup_path``) are the only I/O.
+No I/O here: the file helpers ``write_text_atomic`` and ``backup_path`` live in prep.files and
+are re-exported for the callers that import them from this module.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 from ..dataset.captions import tag_frequency
+from .files import backup_path, write_text_atomic  # noqa: F401 - re-exported
 
 KEEP_SEPARATOR = "|||"
 SORT_BY = ("alphabetical", "frequency")
@@ -389,42 +388,3 @@ def consolidate_tags(captions: Mapping, synonyms=None, *, keep=(), keys=None,
 
     return _apply(result, keys, edit)
 
-
-# ---------------------------------------------------------------- file helpers
-
-def write_text_atomic(path, text: str) -> None:
-    """Write UTF-8 `text` to `path` via a temporary file in the same folder and os.replace.
-
-    A crash or a full disk leaves either the old file or the new one, never half a file.
-    The file keeps the permissions of the file it replaces (0644 for a new one).
-    """
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode & 0o777
-    except OSError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fp:
-            fp.write(text)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def backup_path(path) -> Path:
-    """A free backup name beside `path`: 'a.txt.bak', then 'a.txt.bak.1', 'a.txt.bak.2', ..."""
-    path = Path(path)
-    candidate = path.with_name(path.name + ".bak")
-    n = 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}.bak.{n}")
-    return candidate

@@ -12,7 +12,7 @@ from PIL import Image, ImageEnhance, ImageFile, ImageOps, PngImagePlugin
 
 from lora_trainer.config import TrainConfig
 from lora_trainer.errors import ConfigError, UserError
-from lora_trainer.prep import hygiene
+from lora_trainer.prep import duplicates, hygiene
 from lora_trainer.prep.hygiene import (
     BucketParams, bucket_report, check_images, exact_duplicates, near_duplicates, small_images,
 )
@@ -192,7 +192,7 @@ def test_facts_are_json_and_missing_imagehash_degrades(tmp_path, monkeypatch):
 
     def missing():
         raise UserError("The 'imagehash' package is not installed.", fix="pip install imagehash")
-    monkeypatch.setattr(hygiene, "_imagehash", missing)
+    monkeypatch.setattr(duplicates, "_imagehash", missing)  # where analyse_images looks it up
     report = check_images([tmp_path / "a.png", tmp_path / "a.png"])
     assert report.problems[0].kind == "imagehash_missing" and report.near == []
     assert len(report.exact) == 1          # exact duplicates and buckets still work
