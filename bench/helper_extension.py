@@ -8,7 +8,8 @@ so it only ever exists in a benchmark's temporary WebUI. It adds, inside the Web
                                      and the wall time of the trainer's ui_settings / ui_tabs / app_started
                                      callbacks (wrapped in on_before_ui, so they are timed one by one)
   POST /lora-trainer-bench/v1/bare   {"iters": 8, "warmup": 2, "latent": 32, "batch": 1, "timestep": 500,
-                                      "mode": "bare" | "lora" | "lora_te", "attention": null | "sdp-no-mem" ...}
+                                      "mode": "bare" | "lora" | "lora_te"  (or "modes": [...], interleaved),
+                                      "attention": null | "sdp-no-mem" ...}
       bare     frozen UNet forward + MSE backward through shared.sd_model.apply_model, grad only on the
                input latent (the baseline of the training step)
       lora     the same with the trainer's own network (lora_trainer.networks.factory.build_network) attached
@@ -65,113 +66,164 @@ def _median(xs):
 
 
 def _run_bare(body: dict) -> dict:
+    """Times iterations of one or more variants. With several modes ("modes": ["bare", "lora", "lora_te"])
+    they run interleaved, one iteration of each per round, so slow drifts of the machine's speed hit all
+    variants alike; "ratios" then holds each round's variant/first-variant ratio."""
     import torch
     from modules import devices, sd_hijack, shared
 
     iters, warmup = int(body.get("iters", 8)), int(body.get("warmup", 2))
     size, batch, timestep = int(body.get("latent", 32)), int(body.get("batch", 1)), int(body.get("timestep", 500))
-    mode = body.get("mode", "bare")
+    modes = list(body.get("modes") or [body.get("mode", "bare")])
     attention = body.get("attention")
     m = shared.sd_model
     ctx_dim = int(body.get("context_dim", 768))
+    def title_of(name):           # apply_optimizations() matches titles ("sdp-no-mem - scaled dot ..."), not names
+        return next((o.title() for o in sd_hijack.optimizers if o.name == name), name)
     old_optimizer = getattr(sd_hijack.current_optimizer, "name", None)
     if attention:
-        sd_hijack.apply_optimizations(attention)
+        sd_hijack.apply_optimizations(title_of(attention))
     applied = getattr(sd_hijack.current_optimizer, "name", None)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((batch, 4, size, size), generator=gen).to(devices.device)
     target = torch.randn((batch, 4, size, size), generator=gen).to(devices.device)
     cond_fixed = torch.randn((batch, 77, ctx_dim), generator=gen).to(devices.device)
     t = torch.full((batch,), timestep, device=devices.device, dtype=torch.long)
-    phases: dict[str, list] = {"total": [], "cond": [], "forward": [], "backward": [], "optimizer": []}
-    info = {"mode": mode, "iters": iters, "warmup": warmup, "latent": [batch, 4, size, size],
+    caption = body.get("caption", "sks shape, a red circle on a white background")
+    sizes = [(size * 8, size * 8)] * batch
+    results = {mode: {k: [] for k in ("total", "cond", "forward", "backward", "optimizer", "cpu", "spans")}
+               for mode in modes}
+    info = {"modes": modes, "iters": iters, "warmup": warmup, "latent": [batch, 4, size, size],
             "cond": [batch, 77, ctx_dim], "attention": applied, "threads": torch.get_num_threads()}
 
-    def one_iter(step_fn):
-        t0 = time.perf_counter()
-        parts = step_fn()
-        total = time.perf_counter() - t0
-        return total, parts
+    def bare_step():
+        xi = x.clone().requires_grad_(True)
+        a = time.perf_counter()
+        out = m.apply_model(xi, t, cond_fixed)
+        b = time.perf_counter()
+        torch.nn.functional.mse_loss(out.float(), target.float()).backward()
+        return {"forward": b - a, "backward": time.perf_counter() - b}
 
-    if mode == "bare":
-        flags = [(p, p.requires_grad) for p in m.parameters()]
-        for p, _ in flags:
-            p.requires_grad_(False)
-
-        def step_fn():
-            xi = x.clone().requires_grad_(True)
-            a = time.perf_counter()
-            out = m.apply_model(xi, t, cond_fixed)
-            b = time.perf_counter()
-            loss = torch.nn.functional.mse_loss(out.float(), target.float())
-            loss.backward()
-            c = time.perf_counter()
-            return {"forward": b - a, "backward": c - b}
-        try:
-            with torch.enable_grad():
-                for i in range(warmup + iters):
-                    total, parts = one_iter(step_fn)
-                    if i >= warmup:
-                        phases["total"].append(total)
-                        for k, v in parts.items():
-                            phases[k].append(v)
-        finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
-                p.grad = None
-    else:
+    def make_lora_step(model, net, opt, te, cached):
         # the trainer's own pieces, timed phase by phase (bench-only; mirrors lora_trainer/training/loop.py)
-        from lora_trainer.config import TrainConfig
-        from lora_trainer.networks.factory import build_network
-        from lora_trainer.training.optimizers import make_optimizer
-        from lora_trainer.webui.model import WebUIModel
-        from lora_trainer.webui.session import borrowed_model
+        def step():
+            with net.attached():
+                a = time.perf_counter()
+                cond = model.encode_captions([caption] * batch, sizes) if te else cached
+                b = time.perf_counter()
+                out = model.predict(x, t, cond)
+                c = time.perf_counter()
+                torch.nn.functional.mse_loss(out.float(), target.float()).backward()
+                d = time.perf_counter()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                e = time.perf_counter()
+            return {"cond": b - a, "forward": c - b, "backward": d - c, "optimizer": e - d}
+        return step
 
-        te = mode == "lora_te"
-        cfg = TrainConfig.from_dict({"train_data_dir": "unused", "network_dim": int(body.get("dim", 32)),
-                                     "network_alpha": float(body.get("alpha", 16)),
-                                     "network_train_unet_only": not te, "learning_rate": 1e-4})
-        caption = body.get("caption", "sks shape, a red circle on a white background")
-        with borrowed_model(te) as sd_model:
-            model = WebUIModel(sd_model)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                net = build_network(cfg, model)
-            opt = make_optimizer(net, cfg)
-            n_params = sum(p.numel() for g in opt.param_groups for p in g["params"])
-            info.update(adapters=len(net), trainable_params=n_params)
-            with torch.no_grad():
-                cached = model.encode_captions([caption] * batch, [(size * 8, size * 8)] * batch)
-            with net.attached(), torch.enable_grad():
-                def step_fn():
-                    a = time.perf_counter()
-                    cond = model.encode_captions([caption] * batch, [(size * 8, size * 8)] * batch) if te else cached
-                    b = time.perf_counter()
-                    out = model.predict(x, t, cond)
-                    c = time.perf_counter()
-                    loss = torch.nn.functional.mse_loss(out.float(), target.float())
-                    loss.backward()
-                    d = time.perf_counter()
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                    e = time.perf_counter()
-                    return {"cond": b - a, "forward": c - b, "backward": d - c, "optimizer": e - d}
-                for i in range(warmup + iters):
-                    total, parts = one_iter(step_fn)
-                    if i >= warmup:
-                        phases["total"].append(total)
-                        for k, v in parts.items():
-                            phases[k].append(v)
-            del net, opt
-    if attention and old_optimizer != applied:
-        sd_hijack.apply_optimizations(old_optimizer)
-    info["median"] = {k: _median(v) for k, v in phases.items() if v}
-    info["seconds"] = phases["total"]
+    def run(steps):
+        for i in range(warmup + iters):
+            for mode in modes:
+                c0, t0, w0 = time.process_time(), time.perf_counter(), time.time()
+                parts = steps[mode]()
+                total = time.perf_counter() - t0
+                if i < warmup:
+                    continue
+                r = results[mode]
+                r["total"].append(total)
+                r["cpu"].append(time.process_time() - c0)      # process-wide CPU time (all threads)
+                r["spans"].append((w0, time.time()))
+                for k, v in parts.items():
+                    r[k].append(v)
+
+    needs_lora = any(mode != "bare" for mode in modes)
+    try:
+        if not needs_lora:
+            flags = [(p, p.requires_grad) for p in m.parameters()]
+            for p, _ in flags:
+                p.requires_grad_(False)
+            try:
+                with torch.enable_grad():
+                    run({"bare": bare_step})
+            finally:
+                for p, flag in flags:
+                    p.requires_grad_(flag)
+                    p.grad = None
+        else:
+            from lora_trainer.config import TrainConfig
+            from lora_trainer.networks.factory import build_network
+            from lora_trainer.training.optimizers import make_optimizer
+            from lora_trainer.webui.model import WebUIModel
+            from lora_trainer.webui.session import borrowed_model
+
+            with borrowed_model("lora_te" in modes) as sd_model:      # freezes every base weight
+                model = WebUIModel(sd_model)
+                with torch.no_grad():
+                    cached = model.encode_captions([caption] * batch, sizes)
+                steps = {"bare": bare_step}
+                info["networks"] = {}
+                for mode in modes:
+                    if mode == "bare":
+                        continue
+                    te = mode == "lora_te"
+                    cfg = TrainConfig.from_dict({"train_data_dir": "unused", "network_dim": int(body.get("dim", 32)),
+                                                 "network_alpha": float(body.get("alpha", 16)),
+                                                 "network_train_unet_only": not te, "learning_rate": 1e-4})
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(0)
+                        net = build_network(cfg, model)
+                    opt = make_optimizer(net, cfg)
+                    info["networks"][mode] = {"adapters": len(net), "trainable_params": sum(
+                        p.numel() for g in opt.param_groups for p in g["params"]), "optimizer": type(opt).__name__}
+                    steps[mode] = make_lora_step(model, net, opt, te, cached)
+                with torch.enable_grad():
+                    run(steps)
+    finally:
+        if attention and old_optimizer != applied:
+            sd_hijack.apply_optimizations(title_of(old_optimizer) if old_optimizer else "None")
+    for mode, r in results.items():
+        r["median"] = {k: _median(v) for k, v in r.items() if v and k != "spans"}
+    first = modes[0]
+    info["results"] = results
+    info["ratios"] = {mode: [a / b for a, b in zip(results[mode]["total"], results[first]["total"])]
+                      for mode in modes[1:]}
+    info["ratio_medians"] = {mode: _median(v) for mode, v in info["ratios"].items()}
+    # the single-mode view train_step.py reads
+    info["median"] = results[first]["median"]
+    info["seconds"] = results[first]["total"]
+    info["cpu_seconds"] = results[first]["cpu"]
+    info["spans"] = results[first]["spans"]
     info["rss"] = _proc_status()
     return info
 
 
+STATE_JOBS: list = []      # [job, begin time.time(), end time.time() | None] for every shared.state.begin/end
+
+
+def _wrap_state():
+    """Record when each WebUI job (txt2img, our training) really starts and ends: the hand-back figure
+    splits into 'lock handed over' and 'the generation itself'."""
+    from modules import shared
+    state = shared.state
+    if getattr(state.begin, "_lt_bench", False):
+        return
+    begin, end = state.begin, state.end
+
+    def timed_begin(job: str = "(unknown)"):
+        STATE_JOBS.append([job, time.time(), None])
+        del STATE_JOBS[:-200]
+        return begin(job)
+
+    def timed_end():
+        if STATE_JOBS and STATE_JOBS[-1][2] is None:
+            STATE_JOBS[-1][2] = time.time()
+        return end()
+    timed_begin._lt_bench = True
+    state.begin, state.end = timed_begin, timed_end
+
+
 def _app_started(demo, app):
+    _wrap_state()
     from fastapi import Body
 
     def info():
@@ -180,7 +232,8 @@ def _app_started(demo, app):
         return {"pid": os.getpid(), "threads": torch.get_num_threads(),
                 "attention": getattr(sd_hijack.current_optimizer, "name", None),
                 "cross_attention_optimization": shared.opts.data.get("cross_attention_optimization"),
-                "callbacks": dict(CALLBACK_TIMES), "helper_registration_s": REGISTRATION_S, "startup": timer.startup_record, "rss": _proc_status(),
+                "callbacks": dict(CALLBACK_TIMES), "helper_registration_s": REGISTRATION_S,
+                "state_jobs": [list(x) for x in STATE_JOBS], "startup": timer.startup_record, "rss": _proc_status(),
                 "torch": torch.__version__}
 
     def bare(body: dict = Body(default={})):
