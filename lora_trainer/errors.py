@@ -1,6 +1,12 @@
 """Errors a user can cause: what the tab and the API show."""
 
 
+def problem_text(message, path=None, fix=None, key=None) -> str:
+    """'key: path: message Fix: fix' -- the one way problems read, in errors and in reports."""
+    parts = [f"{key}: " if key else "", f"{path}: " if path else "", message, f" Fix: {fix}" if fix else ""]
+    return "".join(parts)
+
+
 class UserError(Exception):
     """A problem the user can fix: names the file or config key, and the fix."""
 
@@ -12,15 +18,7 @@ class UserError(Exception):
         super().__init__(self.text())
 
     def text(self):
-        parts = []
-        if self.key:
-            parts.append(f"{self.key}: ")
-        if self.path:
-            parts.append(f"{self.path}: ")
-        parts.append(self.message)
-        if self.fix:
-            parts.append(f" Fix: {self.fix}")
-        return "".join(parts)
+        return problem_text(self.message, self.path, self.fix, self.key)
 
     def as_dict(self):
         return {"message": self.message, "path": self.path, "fix": self.fix, "key": self.key,

@@ -171,3 +171,17 @@ def crop_offsets(resized: Size, bucket: Size, random_crop: bool = False, rng=Non
         trim = max(0, have - want)
         offsets.append(rng.randint(0, trim) if (random_crop and trim) else trim // 2)
     return offsets[0], offsets[1]
+
+
+def parse_resolution(value) -> tuple[int, int]:
+    """kohya's resolution: 512, "512", "512,768", "512x768" or (w, h) -> (w, h); ValueError otherwise."""
+    if isinstance(value, str):
+        value = [int(v) for v in value.lower().replace("x", ",").split(",") if v.strip()]
+    if isinstance(value, (int, float)):
+        value = (value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) == 1:
+        value = value * 2
+    if len(value) != 2 or min(value) < 1:
+        raise ValueError(value)
+    return value

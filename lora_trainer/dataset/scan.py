@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from .buckets import BucketManager, bucket_manager_for
+from .buckets import BucketManager, bucket_manager_for, parse_resolution
 from .captions import caption_path, normalise_extension, read_caption, tag_frequency
 from .images import check_image, is_image_file, is_unsupported_image_file
 
@@ -359,16 +359,7 @@ def _resolution(cfg) -> tuple[int, int]:
     value = getattr(cfg, "resolution_wh", None)
     if value is None:
         value = getattr(cfg, "resolution", 512)
-    if isinstance(value, str):
-        value = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
-    if isinstance(value, (int, float)):
-        value = (value, value)
-    value = tuple(int(v) for v in value)
-    if len(value) == 1:
-        value = value * 2
-    if len(value) != 2 or min(value) < 1:
-        raise ValueError(value)
-    return value
+    return parse_resolution(value)
 
 
 def _bucket_manager(cfg, problems: list[Problem]) -> BucketManager:

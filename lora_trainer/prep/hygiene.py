@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..dataset.buckets import bucket_manager_for
+from ..dataset.buckets import bucket_manager_for, parse_resolution
 from ..dataset.images import image_size
 from ..errors import UserError
 from .duplicates import (HASH_SIZE, MAX_MEAN_COLOUR_DIFFERENCE, NEAR_DUPLICATE_THRESHOLD,  # noqa: F401
@@ -20,19 +20,6 @@ from .problems import FileProblem
 
 
 # ---------------------------------------------------------------- buckets
-
-def _parse_resolution(value) -> tuple[int, int]:
-    if isinstance(value, str):
-        value = [int(v) for v in value.lower().replace("x", ",").split(",") if v.strip()]
-    if isinstance(value, (int, float)):
-        value = (value, value)
-    value = tuple(int(v) for v in value)
-    if len(value) == 1:
-        value = value * 2
-    if len(value) != 2 or min(value) < 1:
-        raise ValueError(value)
-    return value
-
 
 @dataclass(frozen=True)
 class BucketParams:
@@ -75,7 +62,7 @@ class BucketParams:
         if unknown:
             raise TypeError(f"unknown bucket settings: {sorted(unknown)}")
         try:
-            values["resolution"] = _parse_resolution(values.get("resolution", (512, 512)))
+            values["resolution"] = parse_resolution(values.get("resolution", (512, 512)))
         except (TypeError, ValueError):
             raise UserError(f"{values.get('resolution')!r} is not a size.", key="resolution",
                             fix='Use e.g. 512 or "512,768" (width,height).') from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..errors import UserError
+from ..errors import UserError, problem_text
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,7 @@ class FileProblem:
                    fix if fix is not None else exc.fix, kind, severity)
 
     def text(self) -> str:
-        parts = []
-        if self.path:
-            parts.append(f"{self.path}: ")
-        parts.append(self.message)
-        if self.fix:
-            parts.append(f" Fix: {self.fix}")
-        return "".join(parts)
+        return problem_text(self.message, self.path, self.fix)
 
     def as_dict(self) -> dict:
         out = asdict(self)
