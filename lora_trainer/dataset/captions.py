@@ -34,7 +34,7 @@ class CaptionProblem:
     message: str
     fix: str | None
     severity: str  # "warning" | "note"
-    kind: str      # "fallback_extension" | "multiline" | "not_utf8" | "empty" | "unreadable"
+    kind: str      # "fallback_extension" | "multiline" | "blank" | "not_utf8" | "empty" | "unreadable"
 
 
 def normalise_extension(caption_extension: str | None) -> str:
@@ -57,7 +57,8 @@ def read_caption(image_path, caption_extension: str) -> tuple[str | None, Captio
 
     Returns (text, problem). text is the first non-empty line, stripped. problem is None,
     a "note" (caption used, e.g. from the fallback extension) or a "warning" (caption file
-    unusable: not UTF-8, empty, unreadable; text is None so the folder caption applies).
+    unusable: not UTF-8, zero bytes, unreadable; text is None so the folder caption applies).
+    A file of only blank lines is a deliberate empty caption, as in kohya: ("", note "blank").
     A simply missing caption file gives (None, None): the caller decides how to report it.
     """
     ext = normalise_extension(caption_extension)
@@ -100,11 +101,17 @@ def _read_caption_file(path: Path, note: CaptionProblem | None):
             "warning", "not_utf8",
         )
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not data:
+        # kohya stops on a zero-byte caption file; we train with the folder caption and say so.
+        return None, CaptionProblem(str(path), f"Caption file {path.name} is empty (0 bytes); the "
+                                    "folder name is used as its caption.",
+                                    "Write the caption into it, or delete the empty file. (A file "
+                                    "holding just a newline means: train with an empty caption.)",
+                                    "warning", "empty")
     if not lines:
-        return None, CaptionProblem(str(path), f"Caption file {path.name} is empty; the folder "
-                                    "name is used as its caption.",
-                                    "Write the caption into it, or delete the empty file.", "warning",
-                                    "empty")
+        # kohya reads lines[0].strip(): a blank line is a deliberate empty caption (N_empty folders).
+        return "", CaptionProblem(str(path), f"Caption file {path.name} is blank: the image is "
+                                  "trained with an empty caption.", None, "note", "blank")
     if note is None and len(lines) > 1:
         note = CaptionProblem(str(path), f"Caption file {path.name} has {len(lines)} lines; only "
                               "the first is used.", "Put the whole caption on one line.", "note",

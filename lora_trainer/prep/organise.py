@@ -253,9 +253,8 @@ def build_three_caption_layout(images: Sequence, tagger_captions, sentence_capti
     `N_empty/` (empty captions), `N_tags/` (tagger captions) and `N_sentences/`
     (natural-language captions). Captions are lists aligned with `images` or dicts keyed by
     image path; every image needs both. `repeats` is one int for all three folders or a
-    3-tuple. Empty captions are written as a single newline: kohya trains those images with
-    an empty caption. (Note: a caption file with no text makes this project's own scan fall
-    back to the folder name, i.e. 'empty'.)
+    3-tuple. Empty captions are written as a single newline: kohya (and this project's scan)
+    trains those images with an empty caption.
     """
     images = [Path(p) for p in images]
     if not images:

@@ -121,8 +121,8 @@ def vae_roundtrip(body: dict):
 
 
 def mount(app) -> None:
+    from .dataset_api import ROUTES as DATASET_ROUTES
     deps = auth_dependencies()
-    from fastapi import Body
     routes = [
         ("/scan", scan, ["POST"]),
         ("/jobs", create_job, ["POST"]),
@@ -132,16 +132,24 @@ def mount(app) -> None:
         ("/verify", verify, ["POST"]),
         ("/model", model_info, ["GET"]),
         ("/vae-roundtrip", vae_roundtrip, ["POST"]),
-    ]
+    ] + DATASET_ROUTES
     for path, fn, methods in routes:
-        endpoint = fn
-        if "body" in fn.__code__.co_varnames[:fn.__code__.co_argcount]:
-            endpoint = _with_body(fn, Body(default={}))
-        app.add_api_route(PREFIX + path, endpoint, methods=methods, dependencies=deps)
+        app.add_api_route(PREFIX + path, _endpoint(fn), methods=methods, dependencies=deps)
 
 
-def _with_body(fn, default):
-    def endpoint(body: dict = default):
-        return fn(body)
-    endpoint.__name__ = f"lora_trainer_{fn.__name__}"
+def _endpoint(fn):
+    """fn itself, with its `body: dict` parameter read from the JSON body (default {})."""
+    import functools
+    import inspect
+    from fastapi import Body
+    sig = inspect.signature(fn)
+    if "body" not in sig.parameters:
+        return fn
+    params = [p.replace(default=Body(default={})) if name == "body" else p
+              for name, p in sig.parameters.items()]
+
+    @functools.wraps(fn)
+    def endpoint(*args, **kwargs):
+        return fn(*args, **kwargs)
+    endpoint.__signature__ = sig.replace(parameters=params)
     return endpoint

@@ -12,6 +12,8 @@ def ui_settings():
     options = {
         "lora_trainer_unload_vae": shared.OptionInfo(
             False, "Move the VAE to the CPU while training (after caching latents)"),
+        "lora_trainer_datasets_dir": shared.OptionInfo(
+            "", "Dataset projects folder (empty: <data dir>/lora-trainer/datasets)"),
     }
     for key, info in shared.options_section(("lora_trainer", "LoRA Trainer", "training"), options).items():
         shared.opts.add_option(key, info)
@@ -30,3 +32,6 @@ def script_unloaded():
     jobs = sys.modules.get("lora_trainer.webui.jobs")
     if jobs is not None:
         jobs.JOBS.shutdown()
+    prep_jobs = sys.modules.get("lora_trainer.webui.prep_jobs")
+    if prep_jobs is not None:
+        prep_jobs.PREP_JOBS.shutdown()

@@ -41,10 +41,17 @@ def test_cp1252_caption_is_a_warning_not_a_crash(tmp_path):
     assert "a.txt" in problem.message and "UTF-8" in problem.fix
 
 
-def test_empty_caption_file_is_treated_as_missing(tmp_path):
-    write(tmp_path / "a.txt", b"  \n\n")
+def test_zero_byte_caption_file_is_treated_as_missing(tmp_path):
+    write(tmp_path / "a.txt", b"")
     text, problem = read_caption(tmp_path / "a.png", ".txt")
     assert text is None and problem.kind == "empty" and "a.txt" in problem.message
+
+
+def test_blank_caption_file_is_an_empty_caption_like_kohya(tmp_path):
+    # kohya: lines[0].strip() -> "" (the N_empty folders of the three-caption recipe rely on it)
+    write(tmp_path / "a.txt", b"  \n\n")
+    text, problem = read_caption(tmp_path / "a.png", ".txt")
+    assert text == "" and problem.kind == "blank" and problem.severity == "note"
 
 
 def test_missing_caption_gives_nothing(tmp_path):
