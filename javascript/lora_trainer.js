@@ -40,3 +40,11 @@ function lora_trainer_draw(box, points, total) {
     svg.innerHTML = '<path d="' + path + '" fill="none" stroke="currentColor" stroke-width="1.5"/>';
     label.textContent = 'loss ' + losses[losses.length - 1].toFixed(4) + ' (min ' + lo.toFixed(4) + ', max ' + hi.toFixed(4) + ')';
 }
+
+// "Use in the Train tab": switch our inner tabs to Train; the folder is passed through unchanged.
+function lora_trainer_show_train(dir) {
+    const buttons = gradioApp().querySelectorAll('#lt_subtabs > .tab-nav > button');
+    const train = Array.from(buttons).find(b => b.innerText.trim() === 'Train');
+    if (train) train.click();
+    return dir;
+}

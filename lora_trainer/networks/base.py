@@ -31,12 +31,14 @@ class NetworkModule(torch.nn.Module):
 
     def _hook(self, module, inputs, output):
         x = inputs[0]
-        param = next(self.parameters())
-        d = self.delta(x.to(param.dtype) if not torch.is_autocast_enabled() else x)
-        return output + (d * (self.multiplier * self.scale)).to(output.dtype)
+        if x.dtype != self._dtype and not torch.is_autocast_enabled():
+            x = x.to(self._dtype)
+        d = self.delta(x) * (self.multiplier * self.scale)
+        return output + (d if d.dtype == output.dtype else d.to(output.dtype))
 
     def attach(self, base: torch.nn.Module) -> None:
         self.detach()
+        self._dtype = next(self.parameters()).dtype   # looked up once, not on every forward
         self._handle = base.register_forward_hook(self._hook)
 
     def detach(self) -> None:

@@ -1,4 +1,5 @@
-"""Writing tagger output as caption files: the batched pipeline, its sequential baseline, undo.
+"""Writing tagger tags and captioner sentences as caption files: the batched pipeline, its
+sequential baseline, undo.
 
 Writes are atomic and every change is recorded (with the previous bytes) for undo_captions.
 """
@@ -19,7 +20,8 @@ from .files import backup_path, write_bytes_atomic, write_text_atomic
 from .tagger_models import CPU_PROVIDER
 from .tags import KEEP_SEPARATOR, format_caption, normalise_tag, parse_caption
 
-if TYPE_CHECKING:  # tagger re-exports this module, so it is not imported at run time
+if TYPE_CHECKING:  # tagger and sentences re-export this module: not imported at run time
+    from .sentences import SentenceCaptioner
     from .tagger import TagOptions, TagResult, WD14Tagger
 
 WRITE_MODES = ("overwrite", "append", "missing")
@@ -41,9 +43,9 @@ class CaptionReport:
     skipped: list[str] = field(default_factory=list)      # images skipped ("missing": caption exists)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (image, message)
     changes: list[CaptionChange] = field(default_factory=list)
-    results: dict[str, TagResult] = field(default_factory=dict)  # image -> tags
+    results: dict[str, TagResult | str] = field(default_factory=dict)  # image -> tags / sentence
     stopped: bool = False
-    provider: str = CPU_PROVIDER
+    provider: str = CPU_PROVIDER   # onnxruntime provider (tagger) or torch device (sentences)
     provider_note: str | None = None
     seconds: float = 0.0
 
@@ -53,18 +55,65 @@ def _caption_file(image, extension: str) -> Path:
     return Path(os.path.splitext(str(image))[0] + ext)
 
 
-def _new_text(image, result: TagResult, mode: str, extension: str) -> tuple[str | None, str | None]:
-    """(text to write, problem) for one image; text None = leave the file alone."""
-    target = _caption_file(image, extension)
+def _existing(image, extension: str) -> tuple[str | None, str | None]:
+    """(current caption text or None when there is no file, problem) for append mode."""
+    if not _caption_file(image, extension).is_file():
+        return None, None
+    text, problem = read_caption(image, extension)
+    if problem is not None and problem.severity == "warning" and problem.kind != "empty":
+        return None, problem.message + " Not changed (append mode)."
+    return text or "", None
+
+
+def _tags_text(image, result: TagResult, mode: str, extension: str) -> tuple[str | None, str | None]:
+    """(text to write, problem) for one image's tags; text None = leave the file alone."""
     new_tags = list(result.tags)
-    if mode == "append" and target.is_file():
-        text, problem = read_caption(image, extension)
-        if problem is not None and problem.severity == "warning" and problem.kind != "empty":
-            return None, problem.message + " Not changed (append mode)."
-        old = parse_caption(text or "", KEEP_SEPARATOR)
-        have = {normalise_tag(t) for t in old}
-        new_tags = old + [t for t in new_tags if normalise_tag(t) not in have]
+    if mode == "append":
+        old_text, problem = _existing(image, extension)
+        if problem:
+            return None, problem
+        if old_text is not None:
+            old = parse_caption(old_text, KEEP_SEPARATOR)
+            have = {normalise_tag(t) for t in old}
+            new_tags = old + [t for t in new_tags if normalise_tag(t) not in have]
     return format_caption(new_tags, KEEP_SEPARATOR) + "\n", None
+
+
+def _parts(text: str) -> str:
+    """Comparison form of a caption: its comma-separated parts normalised, '|||' read as a comma."""
+    pieces = (normalise_tag(x) for x in text.replace(KEEP_SEPARATOR, ",").split(","))
+    return ", ".join(x for x in pieces if x)
+
+
+def _has_part(text: str, part: str) -> bool:
+    """True when `part` is one whole comma-separated stretch of `text`; a sentence may hold
+    commas itself, so this is a bounded substring test rather than a split."""
+    return f", {_parts(part)}, " in f", {_parts(text)}, "
+
+
+def _sentence_text(image, sentence: str, mode: str, extension: str,
+                   prefix: str = "") -> tuple[str | None, str | None]:
+    """(text to write, problem) for one generated sentence; `prefix` (trigger words) goes first.
+
+    append: the sentence goes after the existing caption with ', ' (not when it is already
+    there), and the prefix in front unless the caption already starts with it.
+    """
+    sentence = " ".join(sentence.split())
+    prefix = " ".join(str(prefix or "").split()).strip(", ")
+    if not sentence:
+        return None, "The captioner returned an empty caption; the file was not changed."
+    text = sentence
+    if mode == "append":
+        old_text, problem = _existing(image, extension)
+        if problem:
+            return None, problem
+        old_text = (old_text or "").strip().rstrip(",").strip()
+        if old_text:
+            text = old_text if _has_part(old_text, sentence) else f"{old_text}, {sentence}"
+    if prefix and not f"{_parts(text)}, ".startswith(f"{_parts(prefix)}, "):
+        # 'sks |||' keeps the trigger fixed for shuffle_caption: no comma after the separator.
+        text = f"{prefix} {text}" if prefix.endswith(KEEP_SEPARATOR) else f"{prefix}, {text}"
+    return text + "\n", None
 
 
 def _write_caption(image, text: str, extension: str, backup: bool, report: CaptionReport) -> None:
@@ -100,10 +149,10 @@ def undo_captions(changes: Iterable[CaptionChange]) -> list[str]:
     return done
 
 
-def _load(tagger: WD14Tagger, path):
-    """(array, None) or (None, message): a bad file must not end the run."""
+def _load(prepare: Callable, path):
+    """(prepared input, None) or (None, message): a bad file must not end the run."""
     try:
-        return tagger.prepare(path), None
+        return prepare(path), None
     except UserError as exc:
         return None, exc.text()
     except Exception as exc:  # noqa: BLE001 - e.g. a Pillow decoder bug on one odd file
@@ -125,9 +174,10 @@ def _todo(paths, mode, extension, report):
     return todo
 
 
-def _finish(image, result, mode, extension, backup, report):
+def _finish(image, result, text_for: Callable, extension, backup, report):
+    """Record `result` and write the caption `text_for(image, result)` gives (text, problem)."""
     report.results[str(image)] = result
-    text, problem = _new_text(image, result, mode, extension)
+    text, problem = text_for(image, result)
     if problem:
         report.failed.append((str(image), problem))
         return
@@ -135,6 +185,45 @@ def _finish(image, result, mode, extension, backup, report):
         _write_caption(image, text, extension, backup, report)
     except OSError as exc:
         report.failed.append((str(image), f"Cannot write the caption ({exc.strerror or exc})."))
+
+
+def _run_batches(todo: list, report: CaptionReport, *, prepare: Callable, infer: Callable,
+                 text_for: Callable, extension: str, backup: bool, batch_size: int,
+                 progress, should_stop, workers: int | None, thread_name: str) -> None:
+    """The shared batched pipeline: `prepare(path)` in a thread pool (the next batch while the
+    current one is in `infer(prepared list) -> results`), then one caption file per result."""
+    total = len(todo)
+    batch_size = max(1, int(batch_size))
+    batches = [todo[i:i + batch_size] for i in range(0, total, batch_size)]
+    workers = workers or min(8, os.cpu_count() or 1)
+    done = 0
+    if progress:
+        progress(0, total)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name) as pool:
+        pending = [pool.submit(_load, prepare, p) for p in batches[0]] if batches else []
+        for k, batch in enumerate(batches):
+            if should_stop and should_stop():
+                report.stopped = True
+                for f in pending:
+                    f.cancel()
+                break
+            loaded = [f.result() for f in pending]
+            # Queue the next batch's decoding before this batch goes to the model.
+            pending = [pool.submit(_load, prepare, p) for p in batches[k + 1]] if k + 1 < len(batches) else []
+            good, inputs = [], []
+            for path, (item, error) in zip(batch, loaded):
+                if error is not None:
+                    report.failed.append((str(path), error))
+                else:
+                    good.append(path)
+                    inputs.append(item)
+            if inputs:
+                for path, result in zip(good, infer(inputs)):
+                    _finish(path, result, text_for, extension, backup, report)
+            done += len(batch)
+            if progress:
+                progress(done, total)
 
 
 def caption_images(paths: Sequence, tagger: WD14Tagger, mode: str = "overwrite", *,
@@ -156,40 +245,11 @@ def caption_images(paths: Sequence, tagger: WD14Tagger, mode: str = "overwrite",
     _check_mode(mode)
     start = time.perf_counter()
     report = CaptionReport(provider=tagger.provider, provider_note=tagger.provider_note)
-    todo = _todo(paths, mode, extension, report)
-    total = len(todo)
-    batch_size = max(1, int(batch_size))
-    batches = [todo[i:i + batch_size] for i in range(0, total, batch_size)]
-    workers = workers or min(8, os.cpu_count() or 1)
-    done = 0
-    if progress:
-        progress(0, total)
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wd14-load") as pool:
-        pending = [pool.submit(_load, tagger, p) for p in batches[0]] if batches else []
-        for k, batch in enumerate(batches):
-            if should_stop and should_stop():
-                report.stopped = True
-                for f in pending:
-                    f.cancel()
-                break
-            loaded = [f.result() for f in pending]
-            # Queue the next batch's decoding before this batch goes to the model.
-            pending = [pool.submit(_load, tagger, p) for p in batches[k + 1]] if k + 1 < len(batches) else []
-            good, arrays = [], []
-            for path, (array, error) in zip(batch, loaded):
-                if error is not None:
-                    report.failed.append((str(path), error))
-                else:
-                    good.append(path)
-                    arrays.append(array)
-            if arrays:
-                probs = tagger.predict(arrays)
-                for path, row in zip(good, probs):
-                    _finish(path, tagger.postprocess(row, options), mode, extension, backup, report)
-            done += len(batch)
-            if progress:
-                progress(done, total)
+    _run_batches(_todo(paths, mode, extension, report), report, prepare=tagger.prepare,
+                 infer=lambda arrays: [tagger.postprocess(row, options) for row in tagger.predict(arrays)],
+                 text_for=lambda image, result: _tags_text(image, result, mode, extension),
+                 extension=extension, backup=backup, batch_size=batch_size, progress=progress,
+                 should_stop=should_stop, workers=workers, thread_name="wd14-load")
     report.seconds = time.perf_counter() - start
     return report
 
@@ -206,19 +266,45 @@ def caption_images_sequential(paths: Sequence, tagger: WD14Tagger, mode: str = "
     report = CaptionReport(provider=tagger.provider, provider_note=tagger.provider_note)
     todo = _todo(paths, mode, extension, report)
     total = len(todo)
+    text_for = lambda image, result: _tags_text(image, result, mode, extension)  # noqa: E731
     if progress:
         progress(0, total)
     for i, path in enumerate(todo):
         if should_stop and should_stop():
             report.stopped = True
             break
-        array, error = _load(tagger, path)
+        array, error = _load(tagger.prepare, path)
         if error is not None:
             report.failed.append((str(path), error))
         else:
             row = tagger.predict([array])[0]
-            _finish(path, tagger.postprocess(row, options), mode, extension, backup, report)
+            _finish(path, tagger.postprocess(row, options), text_for, extension, backup, report)
         if progress:
             progress(i + 1, total)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def caption_images_with_sentences(paths: Sequence, captioner: SentenceCaptioner, mode: str = "overwrite", *,
+                                  progress: Callable[[int, int], None] | None = None,
+                                  should_stop: Callable[[], bool] | None = None, batch_size: int = 4,
+                                  extension: str = ".txt", backup: bool = True, prefix: str = "",
+                                  workers: int | None = None) -> CaptionReport:
+    """Natural-language captions (sentences.SentenceCaptioner) into `<stem><extension>`.
+
+    Same modes, atomic writes, backups, undo, stop/progress and per-file failures as
+    caption_images. `prefix` (e.g. trigger words) is put in front: 'sks dog, a dog on a couch'.
+    append: the sentence follows the existing caption after ', ' unless it is already there.
+    ``report.results`` maps each image to its generated sentence (without the prefix);
+    ``report.provider`` is the torch device used ("cuda", "cpu").
+    """
+    _check_mode(mode)
+    start = time.perf_counter()
+    report = CaptionReport(provider=captioner.device, provider_note=captioner.device_note)
+    _run_batches(_todo(paths, mode, extension, report), report, prepare=captioner.prepare,
+                 infer=captioner.generate,
+                 text_for=lambda image, sentence: _sentence_text(image, sentence, mode, extension, prefix),
+                 extension=extension, backup=backup, batch_size=batch_size, progress=progress,
+                 should_stop=should_stop, workers=workers, thread_name="caption-load")
     report.seconds = time.perf_counter() - start
     return report

@@ -50,6 +50,28 @@ def refresh_lora_list() -> None:
         networks.list_available_networks()
 
 
+SDP_TITLE = "sdp - scaled dot product"
+FAST_BACKWARD = ("sdp", "sdp-no-mem", "xformers")
+
+
+@contextlib.contextmanager
+def training_attention():
+    """Train with torch's scaled-dot-product attention (its backward is fused; on CPU the
+    InvokeAI / sub-quadratic paths A1111 picks cost more), then put the WebUI's choice back."""
+    from modules import sd_hijack
+    before = sd_hijack.current_optimizer
+    switch = before is None or before.name not in FAST_BACKWARD
+    if switch and any(o.title() == SDP_TITLE for o in sd_hijack.optimizers):
+        sd_hijack.model_hijack.apply_optimizations(SDP_TITLE)
+    else:
+        switch = False
+    try:
+        yield
+    finally:
+        if switch:
+            sd_hijack.model_hijack.apply_optimizations(before.title() if before is not None else "None")
+
+
 def current_model():
     from modules import shared
     if getattr(shared.cmd_opts, "lowvram", False):
@@ -79,7 +101,8 @@ def borrowed_model(train_text_encoder: bool):
     for p, _ in requires_grad:
         p.requires_grad_(False)
     try:
-        yield m
+        with training_attention():
+            yield m
     finally:
         for p, flag in requires_grad:
             p.requires_grad_(flag)

@@ -105,81 +105,92 @@ def prompt_text(name: str, weight: float, trigger_words: str) -> str:
     return f"{trigger_words.strip()}, {text}" if trigger_words.strip() else text
 
 
+def _train_ui(wrap_gradio_gpu_call, infotext_utils, JOBS):
+    """The Train tab's form, buttons and results; returns the train_data_dir box."""
+    task_id = gr.Textbox(visible=False, elem_id="lt_task_id")
+    with gr.Row():
+        with gr.Column(scale=3):
+            fields = _form()
+        with gr.Column(scale=2):
+            with gr.Row():
+                scan_btn = gr.Button("Scan dataset", elem_id="lt_scan")
+                start_btn = gr.Button("Start", variant="primary", elem_id="lt_start")
+                stop_btn = gr.Button("Stop & Save", elem_id="lt_stop")
+            scan_out = gr.HTML(elem_id="lt_scan_summary")
+            step_count = gr.HTML(elem_id="lt_live_steps")
+            last_buckets = gr.State(None)
+            gr.HTML("<div id='lt_loss_plot' class='lt-loss-plot'><svg viewBox='0 0 400 120'></svg>"
+                    "<div class='lt-loss-label'></div></div>", elem_id="lt_loss_box")
+            progress_out = gr.HTML(elem_id="lt_progress")
+            with gr.Row():
+                weight = gr.Slider(0, 2, value=0.8, step=0.05, label="LoRA weight for txt2img", elem_id="lt_weight")
+            prompt = gr.Textbox(label="Prompt to use", elem_id="lt_prompt", interactive=True)
+            send_btn = gr.Button("Send to txt2img", elem_id="lt_send_txt2img")
+            result_out = gr.HTML(elem_id="lt_result")
+    keys = list(fields)
+    inputs = [fields[k] for k in keys]
+
+    def do_scan(*values):
+        from ..dataset.scan import scan_dataset
+        try:
+            summary = scan_dataset(form_to_config(keys, values)).summary()
+        except UserError as e:
+            return _error_html(e), None
+        return scan_summary_html(summary), summary["buckets"]
+
+    def do_train(task, *values):
+        *values, w = values
+        try:
+            cfg = form_to_config(keys, values)
+        except UserError as e:
+            return gr.update(), _error_html(e)
+        job = JOBS.run_here(cfg, task)
+        state_class = {"finished": "lt-ok", "stopped": "lt-warning"}.get(job.state, "lt-error")
+        files = "".join(f"<li><code>{html.escape(f)}</code></li>" for f in job.files)
+        text = (f"<div class='lt-result {state_class}' data-state='{job.state}'><p>Training <b>{job.state}</b> "
+                f"after {job.step}/{job.total_steps} steps.</p>"
+                + (f"<p class='error'>{html.escape(job.error)}</p>" if job.error else "")
+                + (f"<p>Files in models/Lora:</p><ul>{files}</ul>" if files else "") + "</div>")
+        name = job.files[-1].rsplit(".", 1)[0] if job.files else cfg.output_name
+        return prompt_text(name, w, cfg.trigger_words) if job.files else gr.update(), text
+
+    scan_btn.click(fn=do_scan, inputs=inputs, outputs=[scan_out, last_buckets])
+
+    def recount(buckets, epochs, batch_size):
+        """The live step count: re-counted from the last scan's buckets, no rescan needed."""
+        from ..dataset.scan import count_steps
+        if not buckets:
+            return gr.update()
+        per_bucket = {tuple(b["resolution"]): b["count"] for b in buckets}
+        _, per_epoch, _, total = count_steps(per_bucket, max(1, int(batch_size or 1)), 1, max(1, int(epochs or 1)))
+        return (f"<p id='lt_step_count'>Steps per epoch: <b>{per_epoch}</b> · total: <b>{total}</b> "
+                f"(batch {int(batch_size or 1)}, {int(epochs or 1)} epochs)</p>")
+    for source in (fields["max_train_epochs"], fields["train_batch_size"]):
+        source.change(fn=recount, inputs=[last_buckets, fields["max_train_epochs"], fields["train_batch_size"]],
+                      outputs=[step_count])
+    start_btn.click(fn=wrap_gradio_gpu_call(do_train, extra_outputs=[gr.update()]), _js="lora_trainer_start",
+                    inputs=[task_id, *inputs, weight], outputs=[prompt, result_out])
+    stop_btn.click(fn=lambda: JOBS.stop_current("save") and None, inputs=[], outputs=[])
+
+    def reweight(w, text):
+        import re
+        return re.sub(r"<lora:([^:>]+):[0-9.]+>", lambda m: f"<lora:{m.group(1)}:{round(float(w), 2)}>", text or "")
+    weight.change(fn=reweight, inputs=[weight, prompt], outputs=[prompt])
+    infotext_utils.register_paste_params_button(infotext_utils.ParamBinding(
+        paste_button=send_btn, tabname="txt2img", source_text_component=prompt))
+    return fields["train_data_dir"]
+
+
 def create_tab():
     from modules import infotext_utils
     from modules.call_queue import wrap_gradio_gpu_call
     from .jobs import JOBS
+    from .dataset_tab import create_dataset_ui
 
     with gr.Blocks(analytics_enabled=False) as ui:
-        task_id = gr.Textbox(visible=False, elem_id="lt_task_id")
-        with gr.Row():
-            with gr.Column(scale=3):
-                fields = _form()
-            with gr.Column(scale=2):
-                with gr.Row():
-                    scan_btn = gr.Button("Scan dataset", elem_id="lt_scan")
-                    start_btn = gr.Button("Start", variant="primary", elem_id="lt_start")
-                    stop_btn = gr.Button("Stop & Save", elem_id="lt_stop")
-                scan_out = gr.HTML(elem_id="lt_scan_summary")
-                step_count = gr.HTML(elem_id="lt_live_steps")
-                last_buckets = gr.State(None)
-                gr.HTML("<div id='lt_loss_plot' class='lt-loss-plot'><svg viewBox='0 0 400 120'></svg>"
-                        "<div class='lt-loss-label'></div></div>", elem_id="lt_loss_box")
-                progress_out = gr.HTML(elem_id="lt_progress")
-                with gr.Row():
-                    weight = gr.Slider(0, 2, value=0.8, step=0.05, label="LoRA weight for txt2img", elem_id="lt_weight")
-                prompt = gr.Textbox(label="Prompt to use", elem_id="lt_prompt", interactive=True)
-                send_btn = gr.Button("Send to txt2img", elem_id="lt_send_txt2img")
-                result_out = gr.HTML(elem_id="lt_result")
-        keys = list(fields)
-        inputs = [fields[k] for k in keys]
-
-        def do_scan(*values):
-            from ..dataset.scan import scan_dataset
-            try:
-                summary = scan_dataset(form_to_config(keys, values)).summary()
-            except UserError as e:
-                return _error_html(e), None
-            return scan_summary_html(summary), summary["buckets"]
-
-        def do_train(task, *values):
-            *values, w = values
-            try:
-                cfg = form_to_config(keys, values)
-            except UserError as e:
-                return gr.update(), _error_html(e)
-            job = JOBS.run_here(cfg, task)
-            state_class = {"finished": "lt-ok", "stopped": "lt-warning"}.get(job.state, "lt-error")
-            files = "".join(f"<li><code>{html.escape(f)}</code></li>" for f in job.files)
-            text = (f"<div class='lt-result {state_class}' data-state='{job.state}'><p>Training <b>{job.state}</b> "
-                    f"after {job.step}/{job.total_steps} steps.</p>"
-                    + (f"<p class='error'>{html.escape(job.error)}</p>" if job.error else "")
-                    + (f"<p>Files in models/Lora:</p><ul>{files}</ul>" if files else "") + "</div>")
-            name = job.files[-1].rsplit(".", 1)[0] if job.files else cfg.output_name
-            return prompt_text(name, w, cfg.trigger_words) if job.files else gr.update(), text
-
-        scan_btn.click(fn=do_scan, inputs=inputs, outputs=[scan_out, last_buckets])
-
-        def recount(buckets, epochs, batch_size):
-            """The live step count: re-counted from the last scan's buckets, no rescan needed."""
-            from ..dataset.scan import count_steps
-            if not buckets:
-                return gr.update()
-            per_bucket = {tuple(b["resolution"]): b["count"] for b in buckets}
-            _, per_epoch, _, total = count_steps(per_bucket, max(1, int(batch_size or 1)), 1, max(1, int(epochs or 1)))
-            return (f"<p id='lt_step_count'>Steps per epoch: <b>{per_epoch}</b> · total: <b>{total}</b> "
-                    f"(batch {int(batch_size or 1)}, {int(epochs or 1)} epochs)</p>")
-        for source in (fields["max_train_epochs"], fields["train_batch_size"]):
-            source.change(fn=recount, inputs=[last_buckets, fields["max_train_epochs"], fields["train_batch_size"]],
-                          outputs=[step_count])
-        start_btn.click(fn=wrap_gradio_gpu_call(do_train, extra_outputs=[gr.update()]), _js="lora_trainer_start",
-                        inputs=[task_id, *inputs, weight], outputs=[prompt, result_out])
-        stop_btn.click(fn=lambda: JOBS.stop_current("save") and None, inputs=[], outputs=[])
-
-        def reweight(w, text):
-            import re
-            return re.sub(r"<lora:([^:>]+):[0-9.]+>", lambda m: f"<lora:{m.group(1)}:{round(float(w), 2)}>", text or "")
-        weight.change(fn=reweight, inputs=[weight, prompt], outputs=[prompt])
-        infotext_utils.register_paste_params_button(infotext_utils.ParamBinding(
-            paste_button=send_btn, tabname="txt2img", source_text_component=prompt))
+        with gr.Tabs(elem_id="lt_subtabs"):
+            with gr.Tab("Train", elem_id="lt_train_tab"):
+                train_data_dir = _train_ui(wrap_gradio_gpu_call, infotext_utils, JOBS)
+            with gr.Tab("Dataset", elem_id="lt_dataset_tab"):
+                create_dataset_ui(train_data_dir)
     return [(ui, "LoRA Trainer", "lora_trainer")]

@@ -16,10 +16,13 @@ def guarded(tmp_path_factory):
 
 def test_routes_require_the_api_credentials(guarded, tmp_path):
     for method, path in [("GET", "/lora-trainer/v1/jobs"), ("POST", "/lora-trainer/v1/scan"),
-                         ("POST", "/lora-trainer/v1/jobs"), ("GET", "/lora-trainer/v1/model")]:
+                         ("POST", "/lora-trainer/v1/jobs"), ("GET", "/lora-trainer/v1/model"),
+                         ("GET", "/lora-trainer/v1/datasets"), ("POST", "/lora-trainer/v1/datasets"),
+                         ("POST", "/lora-trainer/v1/datasets/x/import"), ("GET", "/lora-trainer/v1/dataset-jobs/1")]:
         status, _ = guarded.request(method, path, {} if method == "POST" else None, auth="tester:wrong")
         assert status == 401, path
     assert guarded.get("/lora-trainer/v1/jobs") == []
+    assert guarded.get("/lora-trainer/v1/datasets") == []
 
 
 def test_lowvram_is_refused_with_a_clear_message(guarded, tmp_path):

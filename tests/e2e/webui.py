@@ -194,6 +194,18 @@ class WebUI:
         raise TimeoutError(f"job {job_id} did not end")
 
 
+    def dataset_job(self, path, body=None, timeout=900) -> dict:
+        """POST a long dataset operation and wait for its job to end."""
+        job = self.post(path, body or {})
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            state = self.get(f"/lora-trainer/v1/dataset-jobs/{job['id']}")
+            if state["state"] in ("finished", "stopped", "failed"):
+                return state
+            time.sleep(0.2)
+        raise TimeoutError(f"dataset job {job['id']} did not end")
+
+
 def pixels_of(png: bytes):
     import io
     import numpy as np

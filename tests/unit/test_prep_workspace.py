@@ -217,3 +217,24 @@ def test_bad_options_name_the_key(ws, tmp_path, tagger_dir):
     with pytest.raises(UserError) as e:
         ws.edit_tags("o", "remove", tag="x")
     assert e.value.key == "tag"
+
+
+def test_corpus_goes_import_hygiene_tag_organise_without_crash(ws, tmp_path, tagger_dir):
+    from .test_prep_project import build_corpus
+    src = tmp_path / "corpus"
+    build_corpus(src)
+    before = tree_digest(src)
+    ws.create("corpus")
+    report = ws.import_images("corpus", source=str(src))
+    assert report["counts"]["imported"] == 20
+    assert all(p["path"] and p["message"] and p["fix"] for p in report["skipped"] + report["warnings"])
+    checked = ws.hygiene("corpus", resolution=512)
+    assert checked["checked"] == 20 and checked["problems"] == []
+    tagged = ws.tag("corpus", model=str(tagger_dir), mode="missing")
+    # the corpus brought 5 captions along; "missing" leaves them alone and tags the other 15
+    assert sorted(tagged["skipped"]) == ["cafe.png", "deepest.png", "good.png", "notepad.png", "photo.jpg"]
+    assert len(tagged["written"]) == 15 and not tagged["failed"]
+    built = ws.organise("corpus", concepts=[{"name": "odd things", "repeats": 1}])
+    scan = scan_dataset(TrainConfig.from_dict({"train_data_dir": built["train_data_dir"]})).summary()
+    assert scan["ok"] and scan["num_images"] == 20 and scan["folders"][0]["captions_missing"] == 0
+    assert tree_digest(src) == before

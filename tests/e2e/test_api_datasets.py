@@ -1,0 +1,170 @@
+"""End-to-end: dataset preparation through /lora-trainer/v1/datasets in the real WebUI (tiny SD1.5).
+
+A corpus of bad and odd files goes import -> hygiene -> tag -> edit -> organise, and the result
+is scanned and trained by the trainer; regularization images come from the loaded model and
+upscaling from the WebUI's own upscaler.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ..unit.test_prep_project import build_corpus
+from ..unit.test_prep_tagger import BLACK_TAGS, RED_TAGS, build_model
+
+API = "/lora-trainer/v1"
+
+
+def digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        h.update(str(p.relative_to(folder)).encode())
+        if p.is_file() and not p.is_symlink():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tagger(tmp_path_factory):
+    pytest.importorskip("onnx")
+    return build_model(tmp_path_factory.mktemp("wd14") / "tiny-wd14", "batch")
+
+
+def project_dir(webui, name) -> Path:
+    return Path(webui.get(f"{API}/datasets/{name}")["images_dir"])
+
+
+def test_corpus_import_hygiene_tag_organise_train(webui, tagger, tmp_path):
+    src = tmp_path / "corpus"
+    build_corpus(src)
+    Image.new("RGB", (448, 448), (255, 0, 0)).save(src / "red_square.png")
+    Image.new("RGB", (448, 448), (0, 0, 0)).save(src / "black_square.png")
+    before = digest(src)
+
+    created = webui.post(f"{API}/datasets", {"name": "corpus"})
+    assert created["name"] == "corpus" and created["count"] == 0
+    status, body = webui.request("POST", f"{API}/datasets", {"name": "corpus"})
+    assert status == 422 and "already exists" in body["detail"]["message"]
+    status, body = webui.request("POST", f"{API}/datasets", {"name": "../escape"})
+    assert status == 422
+    assert {"name": "corpus", "images": 0} in webui.get(f"{API}/datasets")
+
+    job = webui.dataset_job(f"{API}/datasets/corpus/import", {"source": str(src)})
+    assert job["state"] == "finished", job
+    report = job["result"]
+    skipped = {Path(p["path"]).name: p for p in report["skipped"]}
+    for name in ("truncated.png", "truncated.jpg", "empty.png", "text_renamed.png", "bomb.png"):
+        assert name in skipped and skipped[name]["fix"], name
+    assert report["counts"]["imported"] == 22 and job["done"] == job["total"] > 0
+    images = project_dir(webui, "corpus")
+
+    job = webui.dataset_job(f"{API}/datasets/corpus/hygiene", {"resolution": 512, "train_batch_size": 4})
+    assert job["state"] == "finished", job
+    hygiene = job["result"]
+    assert hygiene["checked"] == 22 and hygiene["problems"] == []
+    assert "tiny.png" in {s["path"] for s in hygiene["small"]} and hygiene["buckets"]["short_buckets"]
+
+    job = webui.dataset_job(f"{API}/datasets/corpus/tag", {"model": str(tagger), "mode": "overwrite"})
+    assert job["state"] == "finished", job
+    tagged = job["result"]
+    assert tagged["provider"] == "CPUExecutionProvider" and not tagged["failed"]
+    assert (images / "red_square.txt").read_text("utf-8") == ", ".join(RED_TAGS) + "\n"
+    assert (images / "black_square.txt").read_text("utf-8") == ", ".join(BLACK_TAGS) + "\n"
+    assert len(tagged["written"]) == 22
+
+    table = webui.get(f"{API}/datasets/corpus/tags")
+    assert table["frequency"]["long hair"] == 22
+    shown = webui.post(f"{API}/datasets/corpus/tags/filter", {"tags": ["kagamine rin"]})["images"]
+    assert "red_square.png" in shown and "black_square.png" not in shown
+    edit = webui.post(f"{API}/datasets/corpus/tags/edit",
+                      {"action": "add", "triggers": ["sks"], "add_separator": True, "images": shown})
+    assert sorted(edit["changed"]) == sorted(shown)
+    assert (images / "red_square.txt").read_text("utf-8").startswith("sks ||| kagamine rin")
+    assert not (images / "black_square.txt").read_text("utf-8").startswith("sks")
+    status, body = webui.request("POST", f"{API}/datasets/corpus/tags/edit", {"action": "remove", "tag": "x"})
+    assert status == 422 and body["detail"]["key"] == "tag"
+    undone = webui.post(f"{API}/datasets/corpus/undo", {})
+    assert undone["operation"] == edit["operation"]
+    assert (images / "red_square.txt").read_text("utf-8") == ", ".join(RED_TAGS) + "\n"
+
+    status, _ = webui.request("PUT", f"{API}/datasets/corpus/captions/black_square.png",
+                              {"caption": "sks ||| a black square"})
+    assert status == 200
+    assert webui.get(f"{API}/datasets/corpus/captions")["black_square.png"] == "sks ||| a black square"
+    status, body = webui.request("PUT", f"{API}/datasets/corpus/captions/..%2F..%2Fproject.json", {"caption": "x"})
+    assert status in (404, 422)
+
+    built = webui.post(f"{API}/datasets/corpus/organise",
+                       {"concepts": [{"name": "sks square", "repeats": 2}]})
+    assert built["images"] == 22
+    scan = webui.post(f"{API}/scan", {"train_data_dir": built["train_data_dir"], "resolution": "64",
+                                      "min_bucket_reso": 64, "max_bucket_reso": 128})
+    assert scan["ok"] and scan["num_images"] == 22 and scan["folders"][0]["captions_found"] == 22
+    trained = webui.train({"train_data_dir": built["train_data_dir"], "resolution": "64", "min_bucket_reso": 64,
+                           "max_bucket_reso": 128, "max_train_steps": 3, "network_dim": 2, "network_alpha": 1,
+                           "output_name": "from_dataset_tab"})
+    assert trained["state"] == "finished", trained
+    assert digest(src) == before
+
+
+def test_upload_reg_images_upscale_and_three_captions(webui, tmp_path):
+    webui.post(f"{API}/datasets", {"name": "uploads"})
+    files = []
+    for i, colour in enumerate([(255, 0, 0), (0, 0, 255)]):
+        buffer = io.BytesIO()
+        Image.new("RGB", (48, 48), colour).save(buffer, "PNG")
+        files.append({"name": f"sq{i}.png", "data": base64.b64encode(buffer.getvalue()).decode()})
+        files.append({"name": f"sq{i}.txt", "data": base64.b64encode(f"sks, square {i}".encode()).decode()})
+    job = webui.dataset_job(f"{API}/datasets/uploads/import", {"files": files})
+    assert job["state"] == "finished" and job["result"]["counts"]["imported"] == 2, job
+    images = project_dir(webui, "uploads")
+    assert (images / "sq1.txt").read_text("utf-8") == "sks, square 1"
+
+    status, body = webui.request("POST", f"{API}/datasets/uploads/upscale", {"upscaler": "Lanczos", "resolutoin": 64})
+    assert status == 422 and body["detail"]["key"] == "resolutoin"
+    job = webui.dataset_job(f"{API}/datasets/uploads/upscale", {"upscaler": "Lanczos", "resolution": 64,
+                                                                "min_bucket_reso": 64, "max_bucket_reso": 128})
+    assert job["state"] == "finished", job
+    assert [u["to"] for u in job["result"]["upscaled"]] == [[64, 64], [64, 64]]
+    assert Image.open(images / "sq0.png").size == (64, 64)
+
+    ref = webui.txt2img(prompt="square 0", seed=5, steps=3, size=64)
+    job = webui.dataset_job(f"{API}/datasets/uploads/reg-images",
+                            {"count": 3, "triggers": ["sks"], "class_name": "square", "width": 64, "height": 64,
+                             "steps": 3, "seed": 5})
+    assert job["state"] == "finished", job
+    reg = Path(job["result"]["folder"])
+    assert reg.name == "1_square" and job["result"]["reg_data_dir"] == str(reg.parent)
+    assert sorted(p.name for p in reg.glob("*.png")) == ["reg_00000.png", "reg_00001.png", "reg_00002.png"]
+    assert [(reg / f"reg_0000{i}.txt").read_text("utf-8") for i in range(3)] == \
+        ["square 0\n", "square 1\n", "square 0\n"]
+    assert all(Image.open(p).size == (64, 64) for p in reg.glob("*.png"))
+    # the same prompt and seed as txt2img gives a picture of the loaded model (not a blank)
+    generated = Image.open(reg / "reg_00000.png").convert("RGB")
+    assert len(set(generated.getdata())) > 10
+    assert webui.txt2img(prompt="square 0", seed=5, steps=3, size=64) == ref   # the model is untouched
+
+    for i in range(2):
+        webui.request("PUT", f"{API}/datasets/uploads/captions/sq{i}.png",
+                      {"caption": f"a photo of square {i}", "caption_extension": ".caption"})
+    three = webui.post(f"{API}/datasets/uploads/three-captions", {"repeats": 3})
+    root = Path(three["train_data_dir"])
+    for name in ("empty", "tags", "sentences"):
+        assert sorted(p.name for p in (root / f"3_{name}").iterdir()) == ["sq0.png", "sq0.txt", "sq1.png", "sq1.txt"]
+    assert (root / "3_empty/sq0.txt").read_text() == "\n"
+    assert (root / "3_sentences/sq1.txt").read_text() == "a photo of square 1\n"
+    assert (root / "3_tags/sq1.txt").read_text() == "sks, square 1\n"
+
+
+def test_dataset_jobs_report_unknown_projects_and_ids(webui):
+    status, body = webui.request("POST", f"{API}/datasets/nope/import", {"source": "/tmp"})
+    assert status == 422 and body["detail"]["path"].endswith("nope")
+    status, _ = webui.request("GET", f"{API}/dataset-jobs/ds-0-0")
+    assert status == 404
+    tools = webui.get(f"{API}/dataset-tools")
+    assert "Lanczos" in tools["upscalers"] and "wd-swinv2-tagger-v3" in tools["taggers"]
