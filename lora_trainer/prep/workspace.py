@@ -122,7 +122,7 @@ class Workspace:
         from .hygiene import NEAR_DUPLICATE_THRESHOLD, check_images
         project = self.open(name)
         paths = project.image_paths()
-        cb = (lambda done, total: progress(done, total, "checking images")) if progress else None
+        cb = (lambda done, total, *_: progress(done, total, "checking images")) if progress else None
         report = check_images(paths, bucket_settings, progress=cb, should_stop=should_stop, mirrored=bool(mirrored),
                               threshold=int(NEAR_DUPLICATE_THRESHOLD if threshold is None else threshold))
         return _relative_paths(report.as_dict(), project.images_dir)
@@ -156,7 +156,7 @@ class Workspace:
             progress(0, len(paths), "loading the tagger")
         model_dir = resolve_model(model, self.models_dir / TAGGERS_DIR, revision=revision)
         tagger = WD14Tagger(model_dir, providers=providers, options=options)
-        cb = (lambda done, total: progress(done, total, "tagging")) if progress else None
+        cb = (lambda done, total, *_: progress(done, total, "tagging")) if progress else None
         with self._caption_operation(project, "tag", f"Tag with {Path(model_dir).name}",
                                      paths, mode, caption_extension) as op:
             report = caption_images(paths, tagger, mode, progress=cb, should_stop=should_stop,
@@ -178,7 +178,7 @@ class Workspace:
             progress(0, len(paths), "loading the captioner")
         model_dir = resolve_captioner(model, self.models_dir / CAPTIONERS_DIR)
         kwargs = {k: v for k, v in (("max_length", max_length), ("num_beams", num_beams)) if v is not None}
-        cb = (lambda done, total: progress(done, total, "captioning")) if progress else None
+        cb = (lambda done, total, *_: progress(done, total, "captioning")) if progress else None
         with SentenceCaptioner(model_dir, device=device, **kwargs) as captioner, \
                 self._caption_operation(project, "caption", f"Captions from {Path(model_dir).name}",
                                         paths, mode, caption_extension) as op:

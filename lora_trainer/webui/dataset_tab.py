@@ -5,12 +5,15 @@ report; the ones that use the WebUI's model run through wrap_gradio_gpu_call.
 """
 from __future__ import annotations
 
+import functools
 import html
+import threading
 
 import gradio as gr
 
 from ..errors import UserError
 
+STOP = threading.Event()     # the tab's Stop button; long operations poll it between files
 GALLERY_LIMIT = 200          # thumbnails shown at once (the filter narrows the rest down)
 EDIT_ACTIONS = ["add", "remove", "replace", "dedupe", "sort", "consolidate"]
 
@@ -115,6 +118,7 @@ def create_dataset_ui(train_data_dir):
         with gr.Row():
             import_btn = gr.Button("Import", variant="primary", elem_id="lt_ds_import")
             undo_btn = gr.Button("Undo last change", elem_id="lt_ds_undo")
+            stop_btn = gr.Button("Stop", elem_id="lt_ds_stop")
         import_out = gr.HTML(elem_id="lt_ds_import_out")
 
     with gr.Accordion("2. Clean", open=False):
@@ -199,14 +203,27 @@ def create_dataset_ui(train_data_dir):
     # ---------------------------------------------------------------- handlers
 
     def guarded(fn):
-        """UserErrors become the red message in the handler's last output; other outputs unchanged."""
-        def run(*args):
+        """UserErrors become the red message in the handler's last output; other outputs unchanged.
+        functools.wraps keeps fn's signature visible, so gradio still injects gr.Progress()."""
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
             n_out = run.n_out
+            STOP.clear()
             try:
-                return fn(*args)
+                return fn(*args, **kwargs)
             except UserError as e:
                 return (*[gr.update()] * (n_out - 1), _error(e)) if n_out > 1 else _error(e)
         return run
+
+    def should_stop():
+        from modules import shared
+        return STOP.is_set() or shared.state.interrupted
+
+    def reporter(progress):
+        """Workspace progress(done, total, message) -> gradio's progress bar with ETA."""
+        def report(done, total, message=""):
+            progress((done, max(1, total)), desc=message, unit="images")
+        return report
 
     def gallery_items(name, images):
         ws = _ws()
@@ -222,43 +239,48 @@ def create_dataset_ui(train_data_dir):
         from .generation import upscaler_names
         return gr.update(choices=_projects()), gr.update(choices=upscaler_names())
 
-    def on_import(name, folder, rec, fr, files):
+    def on_import(name, folder, rec, fr, files, progress=gr.Progress()):
         kwargs = {"recursive": rec, "frames": fr}
         if files:
             kwargs["files"] = [(f.name, getattr(f, "orig_name", None) or f.name) for f in files]
         else:
             kwargs["source"] = folder
-        return import_report_html(_ws().import_images(name, **kwargs))
+        return import_report_html(_ws().import_images(name, progress=reporter(progress), should_stop=should_stop,
+                                                      **kwargs))
 
     def on_undo(name):
         r = _ws().undo(name)
         return _ok(html.escape(r["message"]) + _problems_html(r["problems"]))
 
-    def on_check(name, reso, dist):
-        return hygiene_html(_ws().hygiene(name, resolution=reso, threshold=int(dist or 10)))
+    def on_check(name, reso, dist, progress=gr.Progress()):
+        return hygiene_html(_ws().hygiene(name, resolution=reso, threshold=int(dist or 10),
+                                          progress=reporter(progress), should_stop=should_stop))
 
     def on_trash(name, names):
         r = _ws().trash(name, _split(names))
         return _ok(html.escape(r["message"]) + _problems_html(r["problems"]))
 
-    def on_upscale(name, reso, which):
+    def on_upscale(name, reso, which, progress=gr.Progress()):
         from .generation import upscale_image
         if not which:
             raise UserError("No upscaler chosen.", fix="Press ↻ to list the WebUI's upscalers, then pick one.")
-        r = _ws().upscale(name, upscale_image, upscaler=which, resolution=reso)
+        r = _ws().upscale(name, upscale_image, upscaler=which, resolution=reso, progress=reporter(progress),
+                          should_stop=should_stop)
         rows = "".join(f"<li>{html.escape(u['image'])}: {u['from'][0]}×{u['from'][1]} → {u['to'][0]}×{u['to'][1]}</li>"
                        for u in r["upscaled"])
         return _ok(f"<p>{len(r['upscaled'])} image(s) upscaled with {html.escape(which)}.</p><ul>{rows}</ul>"
                    + _problems_html(r["problems"]))
 
-    def on_tag(name, model, g, c, use_mcut, use_rating, unwanted, write_mode):
+    def on_tag(name, model, g, c, use_mcut, use_rating, unwanted, write_mode, progress=gr.Progress()):
         r = _ws().tag(name, model=model, mode=write_mode, general_threshold=g, character_threshold=c,
-                      use_mcut=use_mcut, include_rating=use_rating, undesired_tags=_split(unwanted))
+                      use_mcut=use_mcut, include_rating=use_rating, undesired_tags=_split(unwanted),
+                      progress=reporter(progress), should_stop=should_stop)
         return caption_report_html(r)
 
-    def on_sentences(name, model, dev, ext, pre, write_mode):
+    def on_sentences(name, model, dev, ext, pre, write_mode, progress=gr.Progress()):
         r = _ws().caption_sentences(name, model=model, device=dev, caption_extension=ext or ".txt",
-                                    prefix=pre or "", mode=write_mode)
+                                    prefix=pre or "", mode=write_mode, progress=reporter(progress),
+                                    should_stop=should_stop)
         return caption_report_html(r)
 
     def on_show(name, tags, how):
@@ -301,10 +323,11 @@ def create_dataset_ui(train_data_dir):
         r = _ws().three_captions(name, repeats=int(reps) if reps else 1)
         return r["train_data_dir"], build_report_html(r)
 
-    def on_reg(name, count, cls, trig, steps, size):
+    def on_reg(name, count, cls, trig, steps, size, progress=gr.Progress()):
         from .generation import txt2img
         r = _ws().reg_images(name, txt2img, count=int(count), class_name=cls or "person",
-                             triggers=_split(trig), steps=int(steps), width=int(size), height=int(size))
+                             triggers=_split(trig), steps=int(steps), width=int(size), height=int(size),
+                             progress=reporter(progress), should_stop=should_stop)
         return _ok(f"<p>{len(r['images'])} regularization image(s) in <code>{html.escape(r['folder'])}</code>; "
                    f"reg_data_dir: <code>{html.escape(r['reg_data_dir'])}</code>.</p>")
 
@@ -317,6 +340,7 @@ def create_dataset_ui(train_data_dir):
 
     bind(create, on_create, [new_name], [project, status])
     refresh.click(fn=on_refresh, inputs=[], outputs=[project, upscaler])
+    stop_btn.click(fn=lambda: STOP.set(), inputs=[], outputs=[])
     bind(import_btn, on_import, [project, source, recursive, frames, uploads], [import_out])
     bind(undo_btn, on_undo, [project], [import_out])
     bind(check_btn, on_check, [project, resolution, threshold], [clean_out])

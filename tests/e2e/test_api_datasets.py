@@ -55,7 +55,7 @@ def test_corpus_import_hygiene_tag_organise_train(webui, tagger, tmp_path):
     assert {"name": "corpus", "images": 0} in webui.get(f"{API}/datasets")
 
     job = webui.dataset_job(f"{API}/datasets/corpus/import", {"source": str(src)})
-    assert job["state"] == "finished", job
+    assert job["state"] == "finished", (job["error"], job)
     report = job["result"]
     skipped = {Path(p["path"]).name: p for p in report["skipped"]}
     for name in ("truncated.png", "truncated.jpg", "empty.png", "text_renamed.png", "bomb.png"):
@@ -64,13 +64,13 @@ def test_corpus_import_hygiene_tag_organise_train(webui, tagger, tmp_path):
     images = project_dir(webui, "corpus")
 
     job = webui.dataset_job(f"{API}/datasets/corpus/hygiene", {"resolution": 512, "train_batch_size": 4})
-    assert job["state"] == "finished", job
+    assert job["state"] == "finished", (job["error"], job)
     hygiene = job["result"]
     assert hygiene["checked"] == 22 and hygiene["problems"] == []
     assert "tiny.png" in {s["path"] for s in hygiene["small"]} and hygiene["buckets"]["short_buckets"]
 
     job = webui.dataset_job(f"{API}/datasets/corpus/tag", {"model": str(tagger), "mode": "overwrite"})
-    assert job["state"] == "finished", job
+    assert job["state"] == "finished", (job["error"], job)
     tagged = job["result"]
     assert tagged["provider"] == "CPUExecutionProvider" and not tagged["failed"]
     assert (images / "red_square.txt").read_text("utf-8") == ", ".join(RED_TAGS) + "\n"
@@ -129,7 +129,7 @@ def test_upload_reg_images_upscale_and_three_captions(webui, tmp_path):
     assert status == 422 and body["detail"]["key"] == "resolutoin"
     job = webui.dataset_job(f"{API}/datasets/uploads/upscale", {"upscaler": "Lanczos", "resolution": 64,
                                                                 "min_bucket_reso": 64, "max_bucket_reso": 128})
-    assert job["state"] == "finished", job
+    assert job["state"] == "finished", (job["error"], job)
     assert [u["to"] for u in job["result"]["upscaled"]] == [[64, 64], [64, 64]]
     assert Image.open(images / "sq0.png").size == (64, 64)
 
@@ -137,7 +137,7 @@ def test_upload_reg_images_upscale_and_three_captions(webui, tmp_path):
     job = webui.dataset_job(f"{API}/datasets/uploads/reg-images",
                             {"count": 3, "triggers": ["sks"], "class_name": "square", "width": 64, "height": 64,
                              "steps": 3, "seed": 5})
-    assert job["state"] == "finished", job
+    assert job["state"] == "finished", (job["error"], job)
     reg = Path(job["result"]["folder"])
     assert reg.name == "1_square" and job["result"]["reg_data_dir"] == str(reg.parent)
     assert sorted(p.name for p in reg.glob("*.png")) == ["reg_00000.png", "reg_00001.png", "reg_00002.png"]

@@ -212,3 +212,63 @@ def test_tab_trains_in_browser(ui_webui, page, tmp_path):
         print("[browser] console/page errors:\n  " + "\n  ".join(page.js_errors))
     assert not ours, ours
     print(f"[browser] page flow took {time.time() - t0:.1f}s")
+
+
+def test_dataset_tab_import_tag_edit_in_browser(ui_webui, page, tmp_path):
+    """Dataset tab: create a project, import a folder, tag with a WD14 stand-in, add a trigger; check the disk."""
+    from PIL import Image
+    from ..unit.test_prep_tagger import BLACK_TAGS, RED_TAGS, build_model
+    pytest.importorskip("onnx")
+    server = ui_webui
+    model = build_model(tmp_path / "tiny-wd14", "batch")
+    src = tmp_path / "photos"
+    src.mkdir()
+    Image.new("RGB", (448, 448), (255, 0, 0)).save(src / "red.png")
+    Image.new("RGB", (448, 448), (0, 0, 0)).save(src / "black.jpg", quality=95)
+    (src / "broken.png").write_bytes(b"not an image")
+
+    page.goto(server.url, wait_until="domcontentloaded")
+    tab_button = page.locator("#tabs > .tab-nav > button", has_text="LoRA Trainer")
+    tab_button.wait_for(state="visible", timeout=120_000)
+    tab_button.click()
+    page.locator("#lt_subtabs > .tab-nav > button", has_text="Dataset").click()
+    page.locator("#lt_ds_new_name").wait_for(state="visible")
+
+    fill(page, "lt_ds_new_name", "browser set")
+    page.locator("#lt_ds_create").click()
+    page.locator("#lt_ds_status", has_text="Created").first.wait_for(timeout=60_000)
+
+    fill(page, "lt_ds_source", src)
+    page.locator("#lt_ds_import").click()
+    summary = page.locator("#lt_ds_import_summary")
+    summary.wait_for(timeout=60_000)
+    report = page.locator("#lt_ds_import_out").first.inner_text()
+    print(f"[browser] import: {' '.join(report.split())}")
+    assert "Imported 2 image(s)" in summary.inner_text() and "broken.png" in report
+
+    page.get_by_text("3. Caption", exact=True).click()
+    fill(page, "lt_ds_tagger_model", model)
+    page.locator("#lt_ds_tag").click()
+    page.locator("#lt_ds_caption_summary").wait_for(timeout=120_000)
+    tagged = page.locator("#lt_ds_caption_out").first.inner_text()
+    print(f"[browser] tagging: {' '.join(tagged.split())}")
+    assert "2 caption(s) written" in tagged and "CPUExecutionProvider" in tagged
+
+    page.get_by_text("4. Tags", exact=True).click()
+    fill(page, "lt_ds_triggers", "sks, red thing")
+    page.locator("#lt_ds_apply").click()
+    page.locator("#lt_ds_edit_summary").wait_for(timeout=60_000)
+    assert "2 caption(s) changed" in page.locator("#lt_ds_edit_summary").inner_text()
+    page.locator("#lt_ds_tag_table").first.wait_for(timeout=30_000)
+    assert "kagamine rin" in page.locator("#lt_ds_tags_out").first.inner_text()
+
+    images = server.data_dir / "lora-trainer" / "datasets" / "browser set" / "images"
+    assert (images / "red.txt").read_text("utf-8") == "sks, red thing ||| " + ", ".join(RED_TAGS) + "\n"
+    assert (images / "black.txt").read_text("utf-8") == "sks, red thing ||| " + ", ".join(BLACK_TAGS) + "\n"
+    assert not (images / "broken.png").exists()
+
+    shot = out_dir(tmp_path) / "lora_trainer_dataset_tab.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"[browser] screenshot of the dataset tab: {shot}")
+    ours = [e for e in page.js_errors if "lora_trainer" in e or "lt_" in e]
+    assert not ours, ours

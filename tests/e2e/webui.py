@@ -37,6 +37,24 @@ def missing_reason() -> str | None:
     return None
 
 
+_INSTALLER_RAN = False
+
+
+def run_extension_installer(dest: Path) -> None:
+    """What A1111's launch does for an extension (skipped here by --skip-prepare-environment):
+    run our install.py with the WebUI's Python, once per test session. A no-op when all is there."""
+    global _INSTALLER_RAN
+    if _INSTALLER_RAN:
+        return
+    webui_dir = dest / "stable-diffusion-webui"
+    env = dict(os.environ, PYTHONPATH=str(webui_dir))
+    done = subprocess.run([str(dest / "venv/bin/python"), str(REPO / "install.py")], cwd=webui_dir, env=env,
+                          capture_output=True, text=True, timeout=1200)
+    if done.returncode != 0:
+        raise RuntimeError(f"install.py failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    _INSTALLER_RAN = True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -82,6 +100,7 @@ class WebUI:
             config.write_text(json.dumps({"show_progress_type": "Approx cheap"}))
 
     def start(self, timeout=180):
+        run_extension_installer(self.dest)
         self.prepare()
         args = [str(self.dest / "venv/bin/python"), "launch.py",
                 "--skip-prepare-environment", "--skip-install", "--skip-python-version-check",
