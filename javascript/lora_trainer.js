@@ -42,9 +42,9 @@ function lora_trainer_draw(box, points, total) {
 }
 
 // "Use in the Train tab": switch our inner tabs to Train; the folder is passed through unchanged.
-function lora_trainer_show_train(dir) {
+function lora_trainer_show_train(dir, regDir) {
     const buttons = gradioApp().querySelectorAll('#lt_subtabs > .tab-nav > button');
     const train = Array.from(buttons).find(b => b.innerText.trim() === 'Train');
     if (train) train.click();
-    return dir;
+    return [dir, regDir];
 }

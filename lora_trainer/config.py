@@ -24,6 +24,8 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 class TrainConfig:
     # dataset (kohya folder layout: train_data_dir/N_name/*.png)
     train_data_dir: str = ""
+    reg_data_dir: str = ""              # regularization (class) images, N_class folders; "" = none
+    prior_loss_weight: float = 1.0      # loss weight of the reg images (kohya)
     caption_extension: str = ".txt"
     resolution: str = "512"
     enable_bucket: bool = True
@@ -192,6 +194,7 @@ class TrainConfig:
              f"use one of {', '.join(MIXED_PRECISIONS)}")
         need(self.save_every_n_epochs >= 0, "save_every_n_epochs", "must be >= 0.", "use 0 to save only at the end")
         need(self.min_snr_gamma is None or self.min_snr_gamma >= 0, "min_snr_gamma", "must be >= 0.", "use 5, or leave unset")
+        need(self.prior_loss_weight >= 0, "prior_loss_weight", "must be >= 0.", "use 1.0 (kohya's default)")
         need(self.noise_offset is None or 0 <= self.noise_offset <= 1, "noise_offset", "must be in 0..1.", "use e.g. 0.05, or leave unset")
         need(self.clip_skip is None or 1 <= self.clip_skip <= 12, "clip_skip", "must be 1..12.", "use 1 or 2, or leave unset")
         need(self.keep_tokens >= 0, "keep_tokens", "must be >= 0.", "use 0")

@@ -42,7 +42,9 @@ def run_training(cfg, model, lora_dir, on_progress, stop_requested, on_file=lamb
             session_id=session_id, training_started_at=started_at, training_finished_at=time.time(),
             epoch=epoch, steps=step, max_train_steps=scan.total_steps, num_train_images=scan.num_train_images,
             num_batches_per_epoch=scan.steps_per_epoch * cfg.gradient_accumulation_steps, num_epochs=scan.epochs,
-            tag_frequency=scan.tag_frequency, dataset_dirs=dataset_dirs(scan), bucket_info=bucket_info(scan, cfg),
+            tag_frequency=scan.tag_frequency, dataset_dirs=dataset_dirs(scan),
+            reg_dataset_dirs=dataset_dirs(scan, reg=True), num_reg_images=getattr(scan, "num_reg_images", 0),
+            prior_loss_weight=cfg.prior_loss_weight, bucket_info=bucket_info(scan, cfg),
             family=model.family, v_parameterization=model.prediction_type == "v",
             sd_model_name=info.get("sd_model_name"), sd_model_hash=info.get("sd_model_hash"),
             new_sd_model_hash=info.get("new_sd_model_hash"), vae_name=info.get("vae_name"),
@@ -80,8 +82,9 @@ def first_error(scan) -> str:
     return "no usable training images were found."
 
 
-def dataset_dirs(scan) -> dict:
-    return {s.folder: {"n_repeats": s.repeats, "img_count": s.image_count} for s in scan.subsets}
+def dataset_dirs(scan, reg=False) -> dict:
+    subsets = getattr(scan, "reg_subsets", []) if reg else scan.subsets
+    return {s.folder: {"n_repeats": s.repeats, "img_count": s.image_count} for s in subsets}
 
 
 def bucket_info(scan, cfg):

@@ -13,7 +13,7 @@ Only Pillow is needed here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import UserError
@@ -37,6 +37,7 @@ class ImageItem:
     size: tuple[int, int]     # (w, h) as displayed, EXIF orientation applied
     bucket: tuple[int, int]   # (w, h) trained at
     resized: tuple[int, int]  # (w, h) before the centre crop to `bucket`
+    is_reg: bool = False      # a regularization (class) image from reg_data_dir
 
 
 @dataclass
@@ -84,6 +85,9 @@ class DatasetScan:
     batches_per_epoch: int = 0
     batch_size: int = 1
     gradient_accumulation_steps: int = 1
+    reg_data_dir: str | None = None
+    reg_subsets: list = field(default_factory=list)
+    num_reg_images: int = 0              # reg samples per epoch (kohya: as many as train samples)
 
     @property
     def ok(self) -> bool:
@@ -123,6 +127,10 @@ class DatasetScan:
             "warnings": sum(p.severity != "error" for p in self.problems),
             "problems": [p.as_dict() for p in self.problems],
             "images_without_caption": self.images_without_caption,
+            "reg_data_dir": self.reg_data_dir,
+            "reg_folders": [{"dir": s.dir, "folder": s.folder, "name": s.name, "repeats": s.repeats,
+                             "images": s.image_count} for s in self.reg_subsets],
+            "num_reg_images": self.num_reg_images,
         }
 
 
@@ -380,25 +388,43 @@ def _bucket_manager(cfg, problems: list[Problem]) -> BucketManager:
         return BucketManager.fixed(resolution)
 
 
-def _root(cfg, problems: list[Problem]) -> Path | None:
-    value = getattr(cfg, "train_data_dir", None)
+def _root(cfg, problems: list[Problem], key: str = "train_data_dir") -> Path | None:
+    value = getattr(cfg, key, None)
     if not value or not str(value).strip():
-        problems.append(Problem(None, "train_data_dir is not set.",
+        problems.append(Problem(None, f"{key} is not set.",
                                 "Set it to the folder that contains your N_name image folders.",
-                                "error", "train_data_dir"))
+                                "error", key))
         return None
     root = Path(str(value).strip())
     if not root.exists():
-        problems.append(Problem(str(root), "train_data_dir does not exist.",
+        problems.append(Problem(str(root), f"{key} does not exist.",
                                 "Check the path: it must be the parent of folders named like 10_name.",
-                                "error", "train_data_dir"))
+                                "error", key))
         return None
     if not root.is_dir():
-        problems.append(Problem(str(root), "train_data_dir is a file, not a folder.",
+        problems.append(Problem(str(root), f"{key} is a file, not a folder.",
                                 "Point it at the folder that contains your N_name image folders.",
-                                "error", "train_data_dir"))
+                                "error", key))
         return None
     return root
+
+
+def balance_reg_items(reg_items: list[ImageItem], num_train_images: int) -> list[ImageItem]:
+    """kohya's rule: reg samples per epoch = train samples. First every reg image with its own
+    repeats (stopping once enough), then one more repeat each, round-robin, until equal."""
+    repeats: list[int] = []
+    n = 0
+    while reg_items and n < num_train_images:
+        for i, item in enumerate(reg_items):
+            if len(repeats) < len(reg_items):
+                repeats.append(item.repeats)
+                n += item.repeats
+            else:
+                repeats[i] += 1
+                n += 1
+            if n >= num_train_images:
+                break
+    return [replace(item, repeats=r, is_reg=True) for item, r in zip(reg_items, repeats)]
 
 
 def _no_images_problem(root: Path, loose_images: list[Path]) -> Problem:
@@ -427,21 +453,28 @@ def scan_dataset(cfg) -> DatasetScan:
     separator = getattr(cfg, "keep_tokens_separator", "|||")
 
     root = _root(cfg, problems)
-    items: list[ImageItem] = []
-    subsets: list[Subset] = []
-    ar_errors: list[float] = []
-    frequencies: dict[str, dict[str, int]] = {}
-    if root is not None:
-        entries = _list_dir(root, problems) or []
-        loose_images = _check_loose_files(entries, problems)
-        for folder, repeats, name in _subset_folders(entries, problems):
-            scanner = _SubsetScanner(folder, repeats, name, manager, caption_extension, problems)
-            subsets.append(scanner.scan())
-            items.extend(scanner.items)
-            ar_errors.extend(scanner.ar_errors)
-            frequencies[folder.name] = tag_frequency([i.caption for i in scanner.items], separator)
-        if not items:
-            problems.append(_no_images_problem(root, loose_images))
+    items, subsets, ar_errors, frequencies, loose = _scan_folders(root, manager, caption_extension, separator,
+                                                                  problems)
+    if root is not None and not items:
+        problems.append(_no_images_problem(root, loose))
+    num_train = sum(item.repeats for item in items)
+
+    reg_root, reg_items, reg_subsets = None, [], []
+    if str(getattr(cfg, "reg_data_dir", "") or "").strip():
+        reg_root = _root(cfg, problems, "reg_data_dir")
+        found, reg_subsets, _, _, _ = _scan_folders(reg_root, manager, caption_extension, separator, problems)
+        if reg_root is not None and not found:
+            problems.append(Problem(str(reg_root), "reg_data_dir has no usable images in N_name folders; "
+                                    "training goes on without regularization images.",
+                                    "Point it at the parent of folders like 1_person, or clear it.", "warning",
+                                    "reg_data_dir"))
+        reg_items = balance_reg_items(found, num_train)
+        if len(reg_items) < len(found):
+            problems.append(Problem(str(reg_root), f"Only {len(reg_items)} of {len(found)} regularization images "
+                                    f"are used: kohya uses as many reg samples as training samples ({num_train}).",
+                                    "Nothing to do; add training images or repeats to use more.", "warning",
+                                    "reg_data_dir"))
+        items = items + reg_items
 
     buckets: dict[tuple[int, int], int] = {}
     for item in items:  # every image counts `repeats` times, as kohya adds it repeats times
@@ -453,8 +486,29 @@ def scan_dataset(cfg) -> DatasetScan:
     return DatasetScan(
         items=items, subsets=subsets, problems=problems, buckets=buckets,
         steps_per_epoch=steps_per_epoch, total_steps=total, epochs=epochs,
-        num_train_images=sum(buckets.values()), tag_frequency=frequencies,
+        num_train_images=num_train, tag_frequency=frequencies,
         mean_ar_error=(sum(ar_errors) / len(ar_errors)) if ar_errors else 0.0,
         train_data_dir=str(root) if root is not None else getattr(cfg, "train_data_dir", None),
         batches_per_epoch=batches, batch_size=batch_size, gradient_accumulation_steps=grad_accum,
+        reg_data_dir=str(reg_root) if reg_root is not None else None, reg_subsets=reg_subsets,
+        num_reg_images=sum(item.repeats for item in reg_items),
     )
+
+
+def _scan_folders(root, manager, caption_extension, separator, problems):
+    """Items, subsets, aspect errors, tag frequencies of the N_name folders under root, and loose images."""
+    items: list[ImageItem] = []
+    subsets: list[Subset] = []
+    ar_errors: list[float] = []
+    frequencies: dict[str, dict[str, int]] = {}
+    if root is None:
+        return items, subsets, ar_errors, frequencies, []
+    entries = _list_dir(root, problems) or []
+    loose = _check_loose_files(entries, problems)
+    for folder, repeats, name in _subset_folders(entries, problems):
+        scanner = _SubsetScanner(folder, repeats, name, manager, caption_extension, problems)
+        subsets.append(scanner.scan())
+        items.extend(scanner.items)
+        ar_errors.extend(scanner.ar_errors)
+        frequencies[folder.name] = tag_frequency([i.caption for i in scanner.items], separator)
+    return items, subsets, ar_errors, frequencies, loose

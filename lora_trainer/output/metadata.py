@@ -57,6 +57,9 @@ class RunInfo:
     num_epochs: int = 0
     tag_frequency: dict = field(default_factory=dict)   # {dir: {tag: count}}
     dataset_dirs: dict = field(default_factory=dict)    # {dir: {"n_repeats": n, "img_count": m}}
+    reg_dataset_dirs: dict = field(default_factory=dict)
+    num_reg_images: int = 0
+    prior_loss_weight: float = 1.0
     bucket_info: Optional[dict] = None  # {"buckets": {i: {"resolution": [w, h], "count": n}}, "mean_img_ar_error": x}
     family: str = "sd1"                 # "sd1" | "sd2" | "sdxl"
     v_parameterization: bool = False
@@ -165,7 +168,7 @@ def build_metadata(cfg, run: RunInfo, *, file_stem: Optional[str] = None) -> dic
         "ss_unet_lr": g("unet_lr"),
         "ss_num_train_images": run.num_train_images,
         "ss_num_validation_images": 0,
-        "ss_num_reg_images": 0,
+        "ss_num_reg_images": run.num_reg_images,
         "ss_num_batches_per_epoch": run.num_batches_per_epoch,
         "ss_num_epochs": run.num_epochs,
         "ss_gradient_checkpointing": bool(run.gradient_checkpointing),
@@ -199,7 +202,7 @@ def build_metadata(cfg, run: RunInfo, *, file_stem: Optional[str] = None) -> dic
         "ss_caption_dropout_every_n_epochs": 0,
         "ss_caption_tag_dropout_rate": 0.0,
         "ss_face_crop_aug_range": None,
-        "ss_prior_loss_weight": 1.0,
+        "ss_prior_loss_weight": run.prior_loss_weight,
         "ss_min_snr_gamma": g("min_snr_gamma"),
         "ss_scale_weight_norms": None,
         "ss_ip_noise_gamma": None,
@@ -233,7 +236,7 @@ def build_metadata(cfg, run: RunInfo, *, file_stem: Optional[str] = None) -> dic
         "ss_max_bucket_reso": g("max_bucket_reso", 1024) if enable_bucket else None,
         "ss_keep_tokens": g("keep_tokens", 0),
         "ss_dataset_dirs": json.dumps(run.dataset_dirs),
-        "ss_reg_dataset_dirs": json.dumps({}),
+        "ss_reg_dataset_dirs": json.dumps(run.reg_dataset_dirs),
         "ss_tag_frequency": json.dumps(run.tag_frequency),
         "ss_bucket_info": json.dumps(run.bucket_info),
     }

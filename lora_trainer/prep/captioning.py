@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ if TYPE_CHECKING:  # tagger and sentences re-export this module: not imported at
     from .tagger import TagOptions, TagResult, WD14Tagger
 
 WRITE_MODES = ("overwrite", "append", "missing")
+# Batches whose loading is queued while one is on the model: with one, the loaders idle at each
+# batch's tail (its last image) and whenever the model is slower than usual.
+PREFETCH_BATCHES = 2
 
 
 @dataclass
@@ -190,8 +194,9 @@ def _finish(image, result, text_for: Callable, extension, backup, report):
 def _run_batches(todo: list, report: CaptionReport, *, prepare: Callable, infer: Callable,
                  text_for: Callable, extension: str, backup: bool, batch_size: int,
                  progress, should_stop, workers: int | None, thread_name: str) -> None:
-    """The shared batched pipeline: `prepare(path)` in a thread pool (the next batch while the
-    current one is in `infer(prepared list) -> results`), then one caption file per result."""
+    """The shared batched pipeline: `prepare(path)` in a thread pool (the next PREFETCH_BATCHES
+    batches while the current one is in `infer(prepared list) -> results`), then one caption file
+    per result."""
     total = len(todo)
     batch_size = max(1, int(batch_size))
     batches = [todo[i:i + batch_size] for i in range(0, total, batch_size)]
@@ -201,16 +206,20 @@ def _run_batches(todo: list, report: CaptionReport, *, prepare: Callable, infer:
         progress(0, total)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name) as pool:
-        pending = [pool.submit(_load, prepare, p) for p in batches[0]] if batches else []
+        def queue(k):
+            return [pool.submit(_load, prepare, p) for p in batches[k]]
+
+        pending = deque(queue(k) for k in range(min(1 + PREFETCH_BATCHES, len(batches))))
         for k, batch in enumerate(batches):
             if should_stop and should_stop():
                 report.stopped = True
-                for f in pending:
+                for f in (f for futures in pending for f in futures):
                     f.cancel()
                 break
-            loaded = [f.result() for f in pending]
-            # Queue the next batch's decoding before this batch goes to the model.
-            pending = [pool.submit(_load, prepare, p) for p in batches[k + 1]] if k + 1 < len(batches) else []
+            loaded = [f.result() for f in pending.popleft()]
+            # Keep the loaders PREFETCH_BATCHES ahead before this batch goes to the model.
+            if k + 1 + PREFETCH_BATCHES < len(batches):
+                pending.append(queue(k + 1 + PREFETCH_BATCHES))
             good, inputs = [], []
             for path, (item, error) in zip(batch, loaded):
                 if error is not None:

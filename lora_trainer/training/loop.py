@@ -136,8 +136,12 @@ def train(cfg, model, scan, cb: Callbacks) -> TrainResult:
                 with model.autocast():
                     pred = model.predict(x_t, t, cond)
                 target = training_target(z0, noise, t, model.alphas_cumprod, model.prediction_type)
+                weights = None
+                if any(item.is_reg for item, _ in batch):
+                    weights = torch.tensor([cfg.prior_loss_weight if item.is_reg else 1.0 for item, _ in batch],
+                                           device=device)
                 loss = diffusion_loss(pred, target, t, model.alphas_cumprod, min_snr_gamma=cfg.min_snr_gamma,
-                                      prediction_type=model.prediction_type)
+                                      prediction_type=model.prediction_type, weights=weights)
                 if not torch.isfinite(loss):
                     raise UserError(f"the loss became {loss.item()} at step {step + 1}; nothing of this step was applied.",
                                     fix="lower learning_rate, use mixed_precision 'bf16' or 'no', or check the images")
@@ -179,7 +183,7 @@ def train(cfg, model, scan, cb: Callbacks) -> TrainResult:
 def _distinct(items):
     seen, out = set(), []
     for item in items:
-        if item.path not in seen:
+        if item.path not in seen and not getattr(item, "is_reg", False):
             seen.add(item.path)
             out.append(item)
     return out

@@ -96,8 +96,8 @@ def build_report_html(r: dict) -> str:
                + "".join(f"<p class='lt-warning'>{html.escape(w)}</p>" for w in r.get("warnings", [])))
 
 
-def create_dataset_ui(train_data_dir):
-    """Builds the Dataset tab's blocks; `train_data_dir` is the Train form's box to fill."""
+def create_dataset_ui(train_data_dir, reg_data_dir):
+    """Builds the Dataset tab's blocks; `train_data_dir` / `reg_data_dir` are the Train form's boxes to fill."""
     from modules.call_queue import wrap_gradio_gpu_call
     from ..prep.tagger_models import DEFAULT_MODEL, MODELS
 
@@ -196,7 +196,9 @@ def create_dataset_ui(train_data_dir):
             reg_steps = gr.Number(20, precision=0, label="Steps", elem_id="lt_ds_reg_steps")
             reg_size = gr.Number(512, precision=0, label="Size", elem_id="lt_ds_reg_size")
             reg_btn = gr.Button("Generate with the loaded model", elem_id="lt_ds_reg")
-        built_dir = gr.Textbox(label="Training folder", interactive=False, elem_id="lt_ds_built_dir")
+        with gr.Row():
+            built_dir = gr.Textbox(label="Training folder", interactive=False, elem_id="lt_ds_built_dir")
+            built_reg_dir = gr.Textbox(label="Regularization folder", interactive=False, elem_id="lt_ds_built_reg_dir")
         use_btn = gr.Button("Use in the Train tab", elem_id="lt_ds_use")
         organise_out = gr.HTML(elem_id="lt_ds_organise_out")
 
@@ -328,8 +330,9 @@ def create_dataset_ui(train_data_dir):
         r = _ws().reg_images(name, txt2img, count=int(count), class_name=cls or "person",
                              triggers=_split(trig), steps=int(steps), width=int(size), height=int(size),
                              progress=reporter(progress), should_stop=should_stop)
-        return _ok(f"<p>{len(r['images'])} regularization image(s) in <code>{html.escape(r['folder'])}</code>; "
-                   f"reg_data_dir: <code>{html.escape(r['reg_data_dir'])}</code>.</p>")
+        return r["reg_data_dir"], _ok(f"<p>{len(r['images'])} regularization image(s) in "
+                                      f"<code>{html.escape(r['folder'])}</code>; reg_data_dir: "
+                                      f"<code>{html.escape(r['reg_data_dir'])}</code>.</p>")
 
     def bind(button, fn, inputs, outputs, gpu=False):
         handler = guarded(fn)
@@ -354,8 +357,10 @@ def create_dataset_ui(train_data_dir):
     bind(save_caption, on_save_caption, [project, image_name, image_caption], [status])
     bind(build_btn, on_build, [project, concept, repeats, target], [built_dir, organise_out])
     bind(three_btn, on_three, [project, repeats], [built_dir, organise_out])
-    bind(reg_btn, on_reg, [project, reg_count, reg_class, reg_triggers, reg_steps, reg_size], [organise_out], gpu=True)
-    use_btn.click(fn=lambda d: d, inputs=[built_dir], outputs=[train_data_dir], _js="lora_trainer_show_train")
+    bind(reg_btn, on_reg, [project, reg_count, reg_class, reg_triggers, reg_steps, reg_size],
+         [built_reg_dir, organise_out], gpu=True)
+    use_btn.click(fn=lambda d, r: (d, r), inputs=[built_dir, built_reg_dir], outputs=[train_data_dir, reg_data_dir],
+                  _js="lora_trainer_show_train")
     def on_project(name):
         try:
             return None, gallery_items(name, list(_ws().captions(name))) if name else []

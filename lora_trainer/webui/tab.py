@@ -55,6 +55,9 @@ def _form():
             f["keep_tokens"] = gr.Number(value=D.keep_tokens, precision=0, label="keep_tokens", elem_id="lt_keep_tokens")
             f["optimizer_args"] = gr.Textbox(value="", label="optimizer_args (e.g. weight_decay=0.01 d_coef=2)", elem_id="lt_optimizer_args")
         with gr.Row():
+            f["reg_data_dir"] = gr.Textbox(value="", label="reg_data_dir (regularization images, N_class folders)", elem_id="lt_reg_data_dir", scale=3)
+            f["prior_loss_weight"] = gr.Number(value=D.prior_loss_weight, label="prior_loss_weight", elem_id="lt_prior_loss_weight")
+        with gr.Row():
             f["min_snr_gamma"] = gr.Textbox(value="", label="min_snr_gamma (e.g. 5)", elem_id="lt_min_snr_gamma")
             f["noise_offset"] = gr.Textbox(value="", label="noise_offset (e.g. 0.05)", elem_id="lt_noise_offset")
             f["clip_skip"] = gr.Textbox(value="", label="clip_skip (empty: the WebUI's setting)", elem_id="lt_clip_skip")
@@ -178,7 +181,7 @@ def _train_ui(wrap_gradio_gpu_call, infotext_utils, JOBS):
     weight.change(fn=reweight, inputs=[weight, prompt], outputs=[prompt])
     infotext_utils.register_paste_params_button(infotext_utils.ParamBinding(
         paste_button=send_btn, tabname="txt2img", source_text_component=prompt))
-    return fields["train_data_dir"]
+    return fields["train_data_dir"], fields["reg_data_dir"]
 
 
 def create_tab():
@@ -190,7 +193,7 @@ def create_tab():
     with gr.Blocks(analytics_enabled=False) as ui:
         with gr.Tabs(elem_id="lt_subtabs"):
             with gr.Tab("Train", elem_id="lt_train_tab"):
-                train_data_dir = _train_ui(wrap_gradio_gpu_call, infotext_utils, JOBS)
+                train_data_dir, reg_data_dir = _train_ui(wrap_gradio_gpu_call, infotext_utils, JOBS)
             with gr.Tab("Dataset", elem_id="lt_dataset_tab"):
-                create_dataset_ui(train_data_dir)
+                create_dataset_ui(train_data_dir, reg_data_dir)
     return [(ui, "LoRA Trainer", "lora_trainer")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,21 @@ def test_upload_reg_images_upscale_and_three_captions(webui, tmp_path):
     generated = Image.open(reg / "reg_00000.png").convert("RGB")
     assert len(set(generated.getdata())) > 10
     assert webui.txt2img(prompt="square 0", seed=5, steps=3, size=64) == ref   # the model is untouched
+
+    # train with them: kohya's reg_data_dir + prior_loss_weight
+    built = webui.post(f"{API}/datasets/uploads/organise", {"concepts": [{"name": "sks square", "repeats": 2}]})
+    tiny = {"resolution": "64", "min_bucket_reso": 64, "max_bucket_reso": 128, "network_dim": 2}
+    scan = webui.post(f"{API}/scan", {"train_data_dir": built["train_data_dir"],
+                                      "reg_data_dir": job["result"]["reg_data_dir"], **tiny})
+    assert scan["num_train_images"] == 4 and scan["num_reg_images"] == 4 and scan["steps_per_epoch"] == 8
+    trained = webui.train({"train_data_dir": built["train_data_dir"], "reg_data_dir": job["result"]["reg_data_dir"],
+                           "prior_loss_weight": 0.5, "max_train_steps": 3, "output_name": "with_reg", **tiny})
+    assert trained["state"] == "finished", trained
+    from safetensors import safe_open
+    with safe_open(str(webui.lora_dir / "with_reg.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_num_reg_images"] == "4" and meta["ss_prior_loss_weight"] == "0.5"
+    assert json.loads(meta["ss_reg_dataset_dirs"]) == {"1_square": {"n_repeats": 1, "img_count": 3}}
 
     for i in range(2):
         webui.request("PUT", f"{API}/datasets/uploads/captions/sq{i}.png",

@@ -407,3 +407,51 @@ def test_missing_captions_are_one_warning_per_folder(tmp_path):
     assert warning.severity == "warning" and "0.png" in warning.message and "and 2 more" in warning.message
     assert "sks dog" in warning.message
     assert len(scan.images_without_caption) == 7 and scan.ok
+
+
+# ---------------------------------------------------------------- regularization images (kohya's reg_data_dir)
+
+def reg_cfg(train, reg, **kw):
+    from lora_trainer.config import TrainConfig
+    return TrainConfig.from_dict({"train_data_dir": str(train), "reg_data_dir": str(reg), "resolution": "64",
+                                  "min_bucket_reso": 64, "max_bucket_reso": 128, "max_train_epochs": 1, **kw})
+
+
+def test_reg_images_are_balanced_to_the_train_samples_like_kohya(tmp_path):
+    for i in range(2):
+        save(tmp_path / "train/10_sks dog" / f"d{i}.png")
+    for i in range(3):
+        save(tmp_path / "reg/1_dog" / f"r{i}.png", color=(0, 0, 200))
+    scan = scan_dataset(reg_cfg(tmp_path / "train", tmp_path / "reg"))
+    reg = [i for i in scan.items if i.is_reg]
+    # first pass 1+1+1, then one more each round-robin until 20 (= 2 images x 10 repeats)
+    assert [i.repeats for i in reg] == [7, 7, 6] and scan.num_reg_images == 20
+    assert scan.num_train_images == 20 and scan.steps_per_epoch == 40
+    s = scan.summary()
+    assert s["num_reg_images"] == 20 and s["reg_folders"][0]["folder"] == "1_dog" and s["ok"]
+    assert all(i.caption == "dog" for i in reg)          # folder caption, as kohya's class tokens
+
+
+def test_surplus_reg_images_are_left_out_with_a_note(tmp_path):
+    for i in range(2):
+        save(tmp_path / "train/1_sks" / f"d{i}.png")
+    for i in range(5):
+        save(tmp_path / "reg/1_person" / f"r{i}.png")
+    scan = scan_dataset(reg_cfg(tmp_path / "train", tmp_path / "reg"))
+    assert [i.repeats for i in scan.items if i.is_reg] == [1, 1]
+    assert any("Only 2 of 5 regularization images" in p.message for p in scan.problems)
+
+
+def test_missing_reg_folder_is_an_error_naming_the_key(tmp_path):
+    save(tmp_path / "train/1_sks/a.png")
+    scan = scan_dataset(reg_cfg(tmp_path / "train", tmp_path / "nope"))
+    assert not scan.ok and any(p.key == "reg_data_dir" and p.severity == "error" for p in scan.problems)
+
+
+def test_prior_loss_weight_scales_reg_samples():
+    import torch
+    from lora_trainer.training.loss import diffusion_loss
+    pred, target = torch.zeros(2, 4, 8, 8), torch.ones(2, 4, 8, 8)
+    t, ac = torch.tensor([10, 20]), torch.linspace(0.99, 0.01, 1000)
+    assert float(diffusion_loss(pred, target, t, ac, weights=torch.tensor([1.0, 0.0]))) == 0.5
+    assert float(diffusion_loss(pred, target, t, ac)) == 1.0

@@ -97,6 +97,88 @@ def test_plan(torch, prodigy, lycoris, expected):
     assert inst.plan(torch, prodigy, lycoris) == expected
 
 
+ORT, ORT_GPU, IH = (inst.Install(inst.ONNXRUNTIME_SPEC), inst.Install(inst.ONNXRUNTIME_GPU_SPEC),
+                   inst.Install(inst.IMAGEHASH_SPEC))
+
+
+@pytest.mark.parametrize("onnxruntime, imagehash, torch_cuda, expected", [
+    # any one build of onnxruntime counts: a second one would overwrite its files
+    ("onnxruntime", "4.3.1", False, []),
+    ("onnxruntime-gpu", "4.3.1", False, []),
+    ("onnxruntime-directml", "4.3.1", True, []),
+    ("onnxruntime-silicon", "4.3.1", False, []),
+    ("onnxruntime-openvino", "4.3.1", True, []),
+    ("onnxruntime", "3.0", False, []),  # an old imagehash still works: left alone
+    # none at all: the build follows torch
+    (None, "4.3.1", True, [ORT_GPU]),
+    (None, "4.3.1", False, [ORT]),
+    (None, None, False, [ORT, IH]),
+    (None, None, True, [ORT_GPU, IH]),
+    ("onnxruntime-gpu", None, True, [IH]),
+])
+def test_plan_prep(onnxruntime, imagehash, torch_cuda, expected):
+    assert inst.plan_prep(onnxruntime, imagehash, torch_cuda) == expected
+
+
+def test_prep_specs():
+    assert inst.ONNXRUNTIME_SPEC == "onnxruntime>=1.17,<2"  # v3 taggers need >= 1.17
+    assert inst.ONNXRUNTIME_GPU_SPEC == "onnxruntime-gpu>=1.17,<2"
+    assert inst.IMAGEHASH_SPEC == "imagehash>=4.3,<5"
+    assert {"onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-silicon",
+            "onnxruntime-openvino"} <= set(inst.ONNXRUNTIME_DISTS)
+
+
+@pytest.mark.parametrize("cuda, hip, expected", [
+    ("12.1", None, True),
+    ("11.8", "", True),
+    (None, None, False),      # CPU build
+    (None, "6.0.32830", False),  # ROCm
+    ("12.1", "6.0", False),   # ROCm, whatever cuda says
+    ("", None, False),
+])
+def test_torch_is_cuda_build(cuda, hip, expected):
+    assert inst.torch_is_cuda_build(cuda, hip) is expected
+
+
+VERSION_PY_CUDA = """from typing import Optional
+
+__all__ = ['__version__', 'debug', 'cuda', 'git_version', 'hip']
+__version__ = '2.1.2+cu121'
+debug = False
+cuda: Optional[str] = '12.1'
+git_version = 'a8e7c98cb95ff97bb30a728c6b2a1ce6bff946eb'
+hip: Optional[str] = None
+"""
+VERSION_PY_ROCM = "__version__ = '2.3.1+rocm6.0'\ncuda = None\nhip = '6.0.32830-d62f6a171'\n"
+
+
+def test_torch_build_field_reads_version_py_as_text():
+    assert inst.torch_build_field(VERSION_PY_CUDA, "cuda") == "12.1"
+    assert inst.torch_build_field(VERSION_PY_CUDA, "hip") is None
+    assert inst.torch_build_field(VERSION_PY_CUDA, "xpu") is None  # absent
+    assert inst.torch_build_field(VERSION_PY_ROCM, "cuda") is None
+    assert inst.torch_build_field(VERSION_PY_ROCM, "hip") == "6.0.32830-d62f6a171"
+    assert "__all__" in VERSION_PY_CUDA and inst.torch_build_field(VERSION_PY_CUDA, "debug") is None
+
+
+def test_torch_cuda_build_of_this_environment_matches_torch_version():
+    torch = inst.installed_version("torch")
+    if torch is None:
+        pytest.skip("torch is not installed in the test venv")
+    expected = subprocess.run([sys.executable, "-c", "import torch; print(bool(torch.version.cuda) and "
+                               "not getattr(torch.version, 'hip', None))"],
+                              capture_output=True, text=True, timeout=300).stdout.strip()
+    assert str(inst.torch_cuda_build(torch)) == expected
+
+
+def test_installed_onnxruntime_finds_any_build(monkeypatch):
+    table = {"onnxruntime-directml": "1.17.3"}
+    monkeypatch.setattr(inst, "installed_version", table.get)
+    assert inst.installed_onnxruntime() == "onnxruntime-directml"
+    table.clear()
+    assert inst.installed_onnxruntime() is None
+
+
 def test_constraint_lines_pin_everything_installed():
     dists = [
         ("torch", "2.13.0+cpu"),
@@ -147,10 +229,13 @@ def test_installed_version_missing_is_none():
 # ---------------------------------------------------------------- main() with fakes
 
 
-def fake_versions(monkeypatch, **versions):
+def fake_versions(monkeypatch, onnxruntime="onnxruntime", imagehash="4.3.1", torch_cuda=False, **versions):
+    """Fake installed versions; the prep packages are present unless a test says None."""
     table = {"torch": versions.get("torch"), "prodigyopt": versions.get("prodigy"),
-             "lycoris-lora": versions.get("lycoris")}
+             "lycoris-lora": versions.get("lycoris"), "imagehash": imagehash}
+    table.update({name: "1.20.1" if name == onnxruntime else None for name in inst.ONNXRUNTIME_DISTS})
     monkeypatch.setattr(inst, "installed_version", lambda name: table[name])
+    monkeypatch.setattr(inst, "torch_cuda_build", lambda _torch: torch_cuda)
 
 
 def forbid(*_a, **_k):
@@ -185,6 +270,31 @@ def test_main_installs_missing_with_constraints_in_a_temp_dir(monkeypatch):
         assert desc.startswith(args[1])
     assert "lycoris-lora==4.1.3" in calls[0][3]  # prodigyopt must not move lycoris
     assert "lycoris-lora==4.1.3" not in calls[1][3]  # the one being replaced is free
+
+
+@pytest.mark.parametrize("torch, torch_cuda, ort_spec", [
+    ("2.1.2+cu121", True, inst.ONNXRUNTIME_GPU_SPEC),
+    ("2.13.0+cpu", False, inst.ONNXRUNTIME_SPEC),
+    (None, True, inst.ONNXRUNTIME_SPEC),  # no torch to follow: the CPU build (it always works)
+])
+def test_main_installs_one_onnxruntime_and_imagehash(monkeypatch, torch, torch_cuda, ort_spec):
+    fake_versions(monkeypatch, torch=torch, prodigy="1.1.2", lycoris="3.4.0", onnxruntime=None,
+                  imagehash=None, torch_cuda=torch_cuda)
+    monkeypatch.setattr(inst, "installed_dists", lambda: [("numpy", "1.26.2")])
+    calls = []
+    monkeypatch.setattr(inst, "run_pip", lambda args, desc: calls.append(args))
+    assert inst.main() == 0
+    assert [a[1] for a in calls] == [ort_spec, inst.IMAGEHASH_SPEC]
+    assert all("-c" in a and not {"-U", "--upgrade"} & set(a) for a in calls)
+
+
+def test_main_with_an_onnxruntime_build_present_installs_no_other(monkeypatch):
+    fake_versions(monkeypatch, torch="2.1.2+cu121", prodigy="1.1.2", lycoris="3.4.0",
+                  onnxruntime="onnxruntime-directml", torch_cuda=True)
+    for name in ("run_pip", "installed_dists", "install"):
+        monkeypatch.setattr(inst, name, forbid)
+    monkeypatch.setattr(inst, "torch_cuda_build", forbid)  # not even looked at
+    assert inst.main() == 0
 
 
 def test_main_reports_failure_and_continues(monkeypatch, capsys):
@@ -292,7 +402,9 @@ def test_install_py_twice_in_a_venv_layered_over_the_webui(tmp_path):
 
     freeze1 = freeze(py, env)
     assert "torch" in freeze1, "the .pth layer did not expose the WebUI's packages"
-    missing = [n for n in ("prodigyopt", "lycoris-lora") if n not in freeze1]
+    missing = [n for n in ("prodigyopt", "lycoris-lora", "imagehash") if n not in freeze1]
+    if not set(inst.ONNXRUNTIME_DISTS) & set(freeze1):
+        missing.append("onnxruntime")  # or onnxruntime-gpu, by the WebUI's torch
 
     t0 = time.perf_counter()
     run1 = sh([py, INSTALL_PY], env, timeout=900, cwd=ROOT)
@@ -310,7 +422,8 @@ def test_install_py_twice_in_a_venv_layered_over_the_webui(tmp_path):
     changed = {n: (v, freeze2.get(n)) for n, v in freeze1.items() if freeze2.get(n) != v}
     assert not changed, f"install.py moved or removed installed packages: {changed}"
     added = sorted(set(freeze2) - set(freeze1))
-    assert set(missing) <= set(added)
+    assert {m for m in missing if m != "onnxruntime"} <= set(added)
+    assert len(set(inst.ONNXRUNTIME_DISTS) & set(freeze2)) == 1, "never two onnxruntime builds"
     assert sorted(os.listdir(dest_sp)) == dest_listing, "the WebUI venv was modified"
     tmp_listing = " ".join(os.listdir(tmp_sp)).lower().replace("-", "_")
     for name in added:  # every addition sits in the tmp layer
@@ -325,9 +438,11 @@ def test_install_py_twice_in_a_venv_layered_over_the_webui(tmp_path):
     assert (1, 1) <= inst.release(freeze2["prodigyopt"]) < (2,)
 
     # It imports in the layered venv: lycoris from the tmp layer, torch from the WebUI's.
+    # (the e2e tier runs install.py in the WebUI venv itself, as A1111's launch does: then nothing is added)
     where = ok(sh([py, "-c", "import prodigyopt, lycoris, torch; print(lycoris.__file__); print(torch.__file__)"],
                   env, timeout=300)).split()
-    assert Path(where[0]).is_relative_to(tmp_sp) and Path(where[1]).is_relative_to(dest_sp), where
+    lycoris_home = tmp_sp if "lycoris-lora" in added else dest_sp
+    assert Path(where[0]).is_relative_to(lycoris_home) and Path(where[1]).is_relative_to(dest_sp), where
 
     t0 = time.perf_counter()
     run2 = sh([py, INSTALL_PY], env, cwd=ROOT)
