@@ -26,6 +26,15 @@ LYCORIS_SPEC_NEW = "lycoris-lora>=4.1,<5"
 LYCORIS_SPEC_OLD = "lycoris-lora>=3.3,<4.0"  # a 3.x release: no kernels layer at all
 TORCH_CUSTOM_OP = (2, 4)
 LYCORIS_CUSTOM_OP = (4, 1)
+# Dataset preparation: the WD14 tagger (v3 models need onnxruntime >= 1.17) and near-duplicate hashes.
+ONNXRUNTIME_SPEC = "onnxruntime>=1.17,<2"
+ONNXRUNTIME_GPU_SPEC = "onnxruntime-gpu>=1.17,<2"
+IMAGEHASH = "imagehash"
+IMAGEHASH_SPEC = "imagehash>=4.3,<5"
+# Every build ships the same `onnxruntime` package and they overwrite each other's files: any one
+# of them counts as present, and we never add a second.
+ONNXRUNTIME_DISTS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-silicon",
+                     "onnxruntime-openvino", "onnxruntime-rocm", "onnxruntime-training")
 
 # PEP 440, loosely: a constraint line pip cannot parse would fail the whole install.
 _PEP440 = re.compile(
@@ -83,6 +92,53 @@ def plan(torch: Optional[str], prodigy: Optional[str], lycoris: Optional[str]) -
         elif not lycoris_can_work(lycoris, torch):
             todo.append(Install(lycoris_spec(torch), replaces=LYCORIS))
     return todo
+
+
+def onnxruntime_spec(torch_cuda: bool) -> str:
+    return ONNXRUNTIME_GPU_SPEC if torch_cuda else ONNXRUNTIME_SPEC
+
+
+def plan_prep(onnxruntime: Optional[str], imagehash: Optional[str], torch_cuda: bool) -> List[Install]:
+    """Installed onnxruntime build (a dist name, None = none) and imagehash version -> what to install.
+
+    Pure: no I/O. torch_cuda: the WebUI's torch is a CUDA (not ROCm) build, so the GPU build is wanted.
+    """
+    todo = []
+    if onnxruntime is None:
+        todo.append(Install(onnxruntime_spec(torch_cuda)))
+    if imagehash is None:
+        todo.append(Install(IMAGEHASH_SPEC))
+    return todo
+
+
+def torch_is_cuda_build(cuda: Optional[str], hip: Optional[str]) -> bool:
+    """torch.version.cuda / .hip -> True for an NVIDIA build (a ROCm build is not one)."""
+    return bool(cuda) and not hip
+
+
+def torch_build_field(version_py: str, name: str) -> Optional[str]:
+    """`cuda = '12.1'` (or `cuda: Optional[str] = None`) in torch/version.py's text -> '12.1' / None."""
+    m = re.search(rf"^{name}\s*(?::[^=\n]*)?=\s*['\"]([^'\"]*)['\"]", version_py, re.MULTILINE)
+    return m.group(1) if m else None
+
+
+def torch_cuda_build(torch_version: Optional[str]) -> bool:
+    """Whether the installed torch is a CUDA build, from torch/version.py read as text.
+
+    Not `import torch` (seconds); only called when onnxruntime is missing. Without the file, the
+    local version tag decides ('+cu121'); anything unknown counts as CPU (that build always works).
+    """
+    try:
+        text = md.distribution("torch").locate_file("torch/version.py").read_text(encoding="utf-8")
+    except (md.PackageNotFoundError, OSError, UnicodeDecodeError):
+        local = (torch_version or "").partition("+")[2].lower()
+        return local.startswith("cu")
+    return torch_is_cuda_build(torch_build_field(text, "cuda"), torch_build_field(text, "hip"))
+
+
+def installed_onnxruntime() -> Optional[str]:
+    """The first onnxruntime build installed (a dist name), or None."""
+    return next((n for n in ONNXRUNTIME_DISTS if installed_version(n) is not None), None)
 
 
 def installed_version(name: str) -> Optional[str]:
@@ -170,6 +226,9 @@ def install(item: Install, workdir: str) -> None:
 def main() -> int:
     torch, lycoris = installed_version("torch"), installed_version(LYCORIS)
     todo = plan(torch, installed_version(PRODIGY), lycoris)
+    onnxruntime = installed_onnxruntime()
+    torch_cuda = onnxruntime is None and torch is not None and torch_cuda_build(torch)
+    todo += plan_prep(onnxruntime, installed_version(IMAGEHASH), torch_cuda)
     if torch is None and lycoris is None:
         print(f"torch is not installed: not installing {LYCORIS} {DESC_SUFFIX}")
     if not todo:

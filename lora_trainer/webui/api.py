@@ -59,22 +59,22 @@ def list_jobs():
     return [job.as_dict() for job in JOBS.jobs.values()]
 
 
-def get_job(job_id: str):
+def found(job, job_id: str, what: str = "job") -> dict:
+    """The job as JSON, or a 404 naming the id (training and dataset jobs alike)."""
     from fastapi import HTTPException
-    from .jobs import JOBS
-    job = JOBS.get(job_id)
     if job is None:
-        raise HTTPException(404, detail=f"no job {job_id}")
+        raise HTTPException(404, detail=f"no {what} {job_id}")
     return job.as_dict()
+
+
+def get_job(job_id: str):
+    from .jobs import JOBS
+    return found(JOBS.get(job_id), job_id)
 
 
 def stop_job(job_id: str):
-    from fastapi import HTTPException
     from .jobs import JOBS
-    job = JOBS.stop(job_id, mode="save")
-    if job is None:
-        raise HTTPException(404, detail=f"no job {job_id}")
-    return job.as_dict()
+    return found(JOBS.stop(job_id, mode="save"), job_id)
 
 
 def verify(body: dict):

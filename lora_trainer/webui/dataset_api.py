@@ -220,21 +220,15 @@ def three_captions(name: str, body: dict):
 # ---------------------------------------------------------------- jobs
 
 def get_job(job_id: str):
-    from fastapi import HTTPException
+    from .api import found
     from .prep_jobs import PREP_JOBS
-    job = PREP_JOBS.get(job_id)
-    if job is None:
-        raise HTTPException(404, detail=f"no dataset job {job_id}")
-    return job.as_dict()
+    return found(PREP_JOBS.get(job_id), job_id, "dataset job")
 
 
 def stop_job(job_id: str):
-    from fastapi import HTTPException
+    from .api import found
     from .prep_jobs import PREP_JOBS
-    job = PREP_JOBS.stop(job_id)
-    if job is None:
-        raise HTTPException(404, detail=f"no dataset job {job_id}")
-    return job.as_dict()
+    return found(PREP_JOBS.stop(job_id), job_id, "dataset job")
 
 
 ROUTES = [
