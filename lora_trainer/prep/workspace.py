@@ -206,9 +206,8 @@ class Workspace:
                     continue
                 _record_caption_change(op, target)
             yield op
-            # entries for captions that were never written are harmless, but keep the record honest
-            op.entries = [e for e in op.entries if e["action"] != "added"
-                          or (project.images_dir / e["name"]).is_file()]
+            # keep only what the run really changed: Undo then reverses the last real change
+            op.entries = [e for e in op.entries if _changed(project, op, e)]
 
     # ------------------------------------------------------------ tag editor
 
@@ -423,6 +422,17 @@ def _file_progress(progress):
 def _read_exact(image: Path, extension: str) -> str | None:
     """The caption in exactly `<stem><extension>` (read_caption alone falls back to other extensions)."""
     return read_caption(image, extension)[0] if caption_path(image, extension).is_file() else None
+
+
+def _changed(project, op, entry) -> bool:
+    current = project.images_dir / entry["name"]
+    if entry["action"] == "added":
+        return current.is_file()
+    kept = op.dir / entry["kept"]
+    if current.is_file() and kept.is_file() and current.read_bytes() == kept.read_bytes():
+        kept.unlink()
+        return False
+    return True
 
 
 def _record_caption_change(op, target: Path) -> None:

@@ -184,3 +184,32 @@ def test_dataset_jobs_report_unknown_projects_and_ids(webui):
     assert status == 404
     tools = webui.get(f"{API}/dataset-tools")
     assert "Lanczos" in tools["upscalers"] and "wd-swinv2-tagger-v3" in tools["taggers"]
+
+
+def test_sentence_captions_in_the_webui_process(webui, tmp_path):
+    """BLIP through the WebUI's own transformers 4.30.2: a tiny random model saved with save_pretrained,
+    loaded by the real loader from its folder; captions land on disk and the same run twice is identical."""
+    pytest.importorskip("transformers")
+    from ..unit.test_prep_sentences import build_blip
+    (tmp_path / "tok").mkdir()
+    model = build_blip(tmp_path / "tiny-blip", tmp_path / "tok")
+    webui.post(f"{API}/datasets", {"name": "sentences"})
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
+        Image.new("RGB", (40, 40), colour).save(src / f"c{i}.png")
+    assert webui.dataset_job(f"{API}/datasets/sentences/import", {"source": str(src)})["state"] == "finished"
+    body = {"model": str(model), "device": "cpu", "caption_extension": ".caption", "prefix": "sks"}
+    job = webui.dataset_job(f"{API}/datasets/sentences/caption", body)
+    assert job["state"] == "finished", (job["error"], job)
+    result = job["result"]
+    assert result["provider"] == "cpu" and sorted(result["written"]) == ["c0.caption", "c1.caption"]
+    images = project_dir(webui, "sentences")
+    first = {i: (images / f"c{i}.caption").read_text("utf-8") for i in range(2)}
+    assert all(text.startswith("sks, ") and len(text) > len("sks, \n") for text in first.values())
+    assert first[0] == "sks, " + result["captions"]["c0.png"] + "\n"
+    again = webui.dataset_job(f"{API}/datasets/sentences/caption", body)["result"]
+    assert again["captions"] == result["captions"] and sorted(again["unchanged"]) == ["c0.png", "c1.png"]
+    assert again["operation"] is None          # nothing changed: Undo still reverses the first run
+    undone = webui.post(f"{API}/datasets/sentences/undo", {})
+    assert undone["operation"] == result["operation"] and not list(images.glob("*.caption"))
