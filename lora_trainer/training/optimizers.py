@@ -17,6 +17,8 @@ def make_optimizer(network, cfg):
     kwargs = cfg.optimizer_kwargs()
     if cfg.optimizer_type == "AdamW":
         import torch
+        if "fused" not in kwargs:
+            kwargs.setdefault("foreach", True)   # one multi-tensor update for hundreds of small tensors (CPU too)
         try:
             return torch.optim.AdamW(groups, lr=cfg.effective_unet_lr, **kwargs)
         except TypeError as e:

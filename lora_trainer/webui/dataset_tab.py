@@ -167,6 +167,8 @@ def create_dataset_ui(train_data_dir, reg_data_dir):
                                  elem_id="lt_ds_action")
             edit_tags = gr.Textbox(label="Tags", elem_id="lt_ds_edit_tags")
             triggers = gr.Textbox(label="Trigger words (inserted first, in order)", elem_id="lt_ds_triggers")
+            keep_sep = gr.Checkbox(False, label="Then ||| (kept first when shuffling; only kohya-style trainers "
+                                   "strip it)", elem_id="lt_ds_keep_sep")
             synonyms = gr.Textbox(label="Replace / synonyms (old = new, one per line)", lines=2,
                                   elem_id="lt_ds_synonyms")
             apply_btn = gr.Button("Apply", variant="primary", elem_id="lt_ds_apply")
@@ -290,10 +292,10 @@ def create_dataset_ui(train_data_dir, reg_data_dir):
         table_html = frequency_html(_ws().tag_table(name, images))
         return images, gallery_items(name, images), table_html
 
-    def on_apply(name, images, act, tags, trig, syn):
+    def on_apply(name, images, act, tags, trig, syn, separator):
         args = {}
         if act == "add":
-            args = {"tags": _split(tags), "triggers": _split(trig), "add_separator": bool(_split(trig))}
+            args = {"tags": _split(tags), "triggers": _split(trig), "add_separator": bool(separator and _split(trig))}
         elif act == "remove":
             args = {"tags": _split(tags)}
         elif act == "replace":
@@ -352,7 +354,8 @@ def create_dataset_ui(train_data_dir, reg_data_dir):
     bind(tag_btn, on_tag, [project, tagger_model, general_t, character_t, mcut, rating, undesired, mode], [caption_out])
     bind(sentence_btn, on_sentences, [project, captioner, device, sentence_ext, prefix, mode], [caption_out], gpu=True)
     bind(show_btn, on_show, [project, filter_tags, filter_mode], [shown, gallery, table])
-    bind(apply_btn, on_apply, [project, shown, action, edit_tags, triggers, synonyms], [gallery, table, status])
+    bind(apply_btn, on_apply, [project, shown, action, edit_tags, triggers, synonyms, keep_sep],
+         [gallery, table, status])
     gallery.select(fn=on_select, inputs=[project, shown], outputs=[image_name, image_caption])
     bind(save_caption, on_save_caption, [project, image_name, image_caption], [status])
     bind(build_btn, on_build, [project, concept, repeats, target], [built_dir, organise_out])

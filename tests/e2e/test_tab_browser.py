@@ -256,6 +256,7 @@ def test_dataset_tab_import_tag_edit_in_browser(ui_webui, page, tmp_path):
 
     page.get_by_text("4. Tags", exact=True).click()
     fill(page, "lt_ds_triggers", "sks, red thing")
+    page.locator("#lt_ds_keep_sep input").check()
     page.locator("#lt_ds_apply").click()
     page.locator("#lt_ds_edit_summary").wait_for(timeout=60_000)
     assert "2 caption(s) changed" in page.locator("#lt_ds_edit_summary").inner_text()
