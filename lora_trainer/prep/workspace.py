@@ -190,6 +190,18 @@ class Workspace:
         out["captions"] = {Path(k).name: str(getattr(v, "text", v)) for k, v in report.results.items()}
         return out
 
+    def _out_dir(self, project: Project, out_dir) -> Path:
+        """<project>/training, or a folder the caller names inside the projects root (an API
+        client must not be able to write copies anywhere on the disk)."""
+        if not out_dir:
+            return project.root / TRAINING_DIR
+        out = Path(os.path.abspath(os.path.expanduser(str(out_dir))))
+        root = Path(os.path.realpath(self.projects_root))
+        if not Path(os.path.realpath(out)).is_relative_to(root) or Path(os.path.realpath(out)) == root:
+            raise UserError("The output folder must be inside the dataset projects folder.", path=out, key="out_dir",
+                            fix=f"Leave it empty (<project>/{TRAINING_DIR}) or choose a folder under {root}.")
+        return out
+
     @staticmethod
     def _selection(project: Project, images) -> list[Path]:
         if images is None:
@@ -270,7 +282,7 @@ class Workspace:
         target = int(target_per_epoch or DEFAULT_TARGET_PER_EPOCH)
         suggested = suggest_repeats({c["name"]: len(c["paths"]) for c in specs}, target)
         plan = {c["name"]: (c["repeats"] or suggested[c["name"]], c["paths"], None) for c in specs}
-        out = Path(out_dir) if out_dir else project.root / TRAINING_DIR
+        out = self._out_dir(project, out_dir)
         report = build_training_folder(out, plan, caption_extension=caption_extension, exist_ok=bool(exist_ok))
         return _build_report(report, {n: r for n, (r, _p, _c) in plan.items()}, suggested)
 
@@ -296,7 +308,7 @@ class Workspace:
                             f"{sentences_extension} sentence caption: {shown}.", key="images",
                             fix=f"Run the tagger (into {tags_extension}) and the sentence captioner "
                                 f"(into {sentences_extension}) first.")
-        out = Path(out_dir) if out_dir else project.root / TRAINING_DIR
+        out = self._out_dir(project, out_dir)
         report = build_three_caption_layout(paths, tags, sentences, out, repeats, exist_ok=bool(exist_ok))
         counts = repeats if isinstance(repeats, (list, tuple)) else [repeats] * 3
         return _build_report(report, dict(zip(("empty", "tags", "sentences"), counts)), {})

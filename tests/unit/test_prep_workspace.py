@@ -116,6 +116,11 @@ def test_suggested_repeats_balance_concepts(ws, tmp_path):
     with pytest.raises(UserError) as e:
         ws.organise("two", concepts=[{"name": "x", "images": ["../../etc/passwd"]}])
     assert "not in the project" in e.value.message
+    with pytest.raises(UserError) as e:
+        ws.organise("two", out_dir=str(tmp_path / "elsewhere"))
+    assert e.value.key == "out_dir" and not (tmp_path / "elsewhere").exists()
+    inside = ws.organise("two", out_dir=str(tmp_path / "projects" / "shared-training"))
+    assert inside["train_data_dir"] == str(tmp_path / "projects" / "shared-training")
 
 
 def test_three_caption_layout_and_blank_captions_train_empty(ws, tmp_path, tagger_dir):
