@@ -101,7 +101,7 @@ def scan_summary_html(summary: dict) -> str:
             + (f"<p>Regularization: <b>{summary['num_reg_images']}</b> samples per epoch from "
                f"{html.escape(', '.join(f['folder'] for f in summary.get('reg_folders', [])))}</p>"
                if summary.get("num_reg_images") else "")
-            f"<p id='lt_step_count'>Steps per epoch: <b>{summary.get('steps_per_epoch', 0)}</b> · "
+            + f"<p id='lt_step_count'>Steps per epoch: <b>{summary.get('steps_per_epoch', 0)}</b> · "
             f"total: <b>{summary.get('total_steps', 0)}</b></p>"
             + (f"<ul class='lt-problems'>{problems}</ul>" if problems else "<p>No problems found.</p>") + "</div>")
 
