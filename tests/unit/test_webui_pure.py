@@ -33,3 +33,26 @@ def test_queued_job_can_be_stopped_before_it_runs():
 def test_job_record_has_the_documented_fields():
     d = Job(id="x", config=object(), task_id="task(x)").as_dict()
     assert {"state", "step", "total_steps", "epoch", "loss", "eta_s", "files", "error"} <= set(d)
+
+
+def test_dataset_jobs_report_progress_results_and_user_errors():
+    import time
+    from lora_trainer.webui.prep_jobs import PrepJobs
+
+    jobs = PrepJobs()
+
+    def work(progress, should_stop):
+        for i in range(3):
+            progress(i + 1, 3, "checking")
+        return {"checked": 3}
+
+    def bad(progress, should_stop):
+        raise UserError("The folder to import from does not exist.", path="/nope", fix="Check the path.")
+
+    ok, failed = jobs.submit("hygiene", "set", work), jobs.submit("import", "set", bad)
+    deadline = time.time() + 10
+    while time.time() < deadline and {ok.state, failed.state} & {"queued", "running"}:
+        time.sleep(0.02)
+    assert ok.as_dict()["state"] == "finished" and ok.result == {"checked": 3} and (ok.done, ok.total) == (3, 3)
+    assert failed.state == "failed" and failed.error_detail["path"] == "/nope" and "Check the path" in failed.error
+    jobs.shutdown()
