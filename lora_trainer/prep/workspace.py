@@ -65,7 +65,7 @@ class Workspace:
         project = self.open(name)
         images = []
         for path in project.image_paths():
-            text, _problem = read_caption(path, caption_extension)
+            text = _read_exact(path, caption_extension)
             try:
                 size = list(image_size(path))
             except UserError:
@@ -131,7 +131,9 @@ class Workspace:
 
     def captions(self, name, caption_extension: str = ".txt") -> dict[str, str | None]:
         project = self.open(name)
-        return {p.name: read_caption(p, caption_extension)[0] for p in project.image_paths()}
+        # exactly <stem><ext>: the trainer's fallback to the other extension would let an edit of the
+        # .txt tags copy a .caption sentence into it
+        return {p.name: _read_exact(p, caption_extension) for p in project.image_paths()}
 
     def set_caption(self, name, image, text, caption_extension: str = ".txt") -> dict:
         project = self.open(name)
