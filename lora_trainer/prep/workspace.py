@@ -169,7 +169,7 @@ class Workspace:
         out["tags"] = {Path(k).name: list(v.tags) for k, v in report.results.items()}
         return out
 
-    def caption_sentences(self, name, *, model="BLIP base", mode="overwrite", images=None, device="auto",
+    def caption_sentences(self, name, *, model="BLIP large", mode="overwrite", images=None, device="auto",
                           batch_size=4, caption_extension=".txt", prefix="", max_length=None, num_beams=None,
                           progress=None, should_stop=None) -> dict:
         """Natural-language captions (BLIP / GIT); the model is unloaded afterwards."""

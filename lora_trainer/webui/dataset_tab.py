@@ -149,7 +149,7 @@ def create_dataset_ui(train_data_dir, reg_data_dir):
                             elem_id="lt_ds_write_mode")
             tag_btn = gr.Button("Tag images", variant="primary", elem_id="lt_ds_tag")
         with gr.Row():
-            captioner = gr.Textbox("BLIP base", label="Sentence captioner (BLIP / GIT): name, id or folder",
+            captioner = gr.Textbox("BLIP large", label="Sentence captioner (BLIP / GIT): name, id or folder",
                                    elem_id="lt_ds_captioner", scale=3)
             device = gr.Radio(["auto", "cuda", "cpu"], value="auto", label="Device", elem_id="lt_ds_device")
             sentence_ext = gr.Textbox(".txt", label="Caption file extension", elem_id="lt_ds_sentence_ext")
