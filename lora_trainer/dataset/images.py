@@ -10,7 +10,6 @@ would change every ``Image.open`` in the WebUI process:
 from __future__ import annotations
 
 import contextlib
-import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -48,9 +47,9 @@ def is_unsupported_image_file(path) -> bool:
 def _decoding(path):
     """Open `path` with Pillow; map every way it can fail to a UserError.
 
-    The decompression-bomb warning is raised as an error only inside this block
-    (warnings.catch_warnings restores the filters afterwards). catch_warnings edits the
-    process-wide filter list, so call this from one thread at a time (the scan is sequential).
+    An image above Pillow's MAX_IMAGE_PIXELS (read, never changed) is refused here, by its
+    header, before any pixel is decoded. No warnings.catch_warnings: it edits the process-wide
+    filter list and is not thread-safe, and the tagger decodes in a thread pool.
     """
     path = Path(path)
     try:
@@ -64,11 +63,14 @@ def _decoding(path):
         raise UserError(f"The image file cannot be read ({exc.strerror or exc}).", path=path,
                         fix="Check the file permissions.") from None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            # We open the file ourselves so it is closed even when Image.open raises.
-            with open(path, "rb") as fp, Image.open(fp) as im:
-                yield im
+        # We open the file ourselves so it is closed even when Image.open raises.
+        with open(path, "rb") as fp, Image.open(fp) as im:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and im.size[0] * im.size[1] > limit:
+                raise Image.DecompressionBombError(
+                    f"{im.size[0]}x{im.size[1]} = {im.size[0] * im.size[1]} pixels exceeds the limit of "
+                    f"{limit} pixels")
+            yield im
     except UserError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -247,7 +247,7 @@ def caption_images(paths: Sequence, tagger: WD14Tagger, mode: str = "overwrite",
     Writes are atomic; a replaced caption is copied to `<caption>.bak` first (`backup`) and
     every change is in ``report.changes`` for `undo_captions`.
     Decoding/resizing of the next batch runs in a thread pool while the current batch is on
-    the model (decodes one at a time, see tagger._DECODE_LOCK). `should_stop()` is checked between
+    the model. `should_stop()` is checked between
     batches; `progress(done, total)` after each.
     A file that cannot be decoded is reported in ``report.failed`` and the rest go on.
     """

@@ -25,7 +25,6 @@ from ..dataset.images import _to_rgb, open_image
 from ..errors import UserError
 from .captioning import (WRITE_MODES, CaptionChange, CaptionReport,  # noqa: F401
                          caption_images_with_sentences, undo_captions)
-from .tagger import _DECODE_LOCK
 
 CONFIG_FILE = "config.json"
 SUPPORTED_TYPES = ("blip", "git")  # config.json model_type
@@ -281,8 +280,7 @@ class SentenceCaptioner:
         """A path or a PIL image -> pixel_values [1, 3, H, W] float32 (decoding errors are UserErrors)."""
         self._require_loaded()
         if not isinstance(image, Image.Image):
-            with _DECODE_LOCK:  # see tagger._DECODE_LOCK: decodes must not overlap
-                image = open_image(image)
+            image = open_image(image)
         else:
             image = _to_rgb(image)
         return self.processor.image_processor(image, return_tensors="pt")["pixel_values"]

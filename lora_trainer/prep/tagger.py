@@ -16,7 +16,6 @@ CPU and only logs. `WD14Tagger` therefore reports the providers the session actu
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +39,6 @@ KAOMOJI = ("0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>", "=_=", "
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 DEFAULT_PROVIDERS = (CUDA_PROVIDER, "DmlExecutionProvider", CPU_PROVIDER)
-
-# dataset.images.open_image wraps each decode in warnings.catch_warnings(), which edits the
-# process-wide filter list: two threads inside it at once can leave its "error" filter installed
-# for the whole WebUI. Decodes are therefore serialised; padding/resizing/array conversion
-# (most of the per-image work after decoding) run in parallel, and all of it overlaps inference.
-_DECODE_LOCK = threading.Lock()
-
 
 # ---------------------------------------------------------------- post-processing
 
@@ -293,8 +285,7 @@ class WD14Tagger:
     def prepare(self, image) -> "object":
         """A path or a PIL image -> the model's HWC array (decoding errors are UserErrors)."""
         if not isinstance(image, Image.Image):
-            with _DECODE_LOCK:
-                image = open_image(image)
+            image = open_image(image)   # thread-safe: decodes run in parallel with inference
         return prepare_image(image, self.input_size)
 
     def predict(self, arrays):

@@ -498,7 +498,7 @@ def test_bad_mode(tagger, dataset):
 
 
 def test_parallel_decoding_leaves_the_warning_filters_alone(tagger, tmp_path):
-    """open_image uses warnings.catch_warnings (process-wide): decodes must not interleave."""
+    """Decodes run in parallel threads: nothing may edit the process-wide warning filters."""
     before = list(warnings.filters)
     paths = []
     for i in range(12):
