@@ -58,7 +58,9 @@ def import_report_html(r: dict) -> str:
 
 def hygiene_html(r: dict) -> str:
     def groups(gs):
-        return "".join(f"<li>{html.escape(', '.join(g['paths']))}</li>" for g in gs) or "<li>none</li>"
+        return "".join(f"<li>keep <b>{html.escape(g['keep'])}</b>, drop {html.escape(', '.join(g['drop']))}"
+                       f"{' (similar: review)' if g.get('level') == 'similar' else ''}</li>"
+                       for g in gs) or "<li>none</li>"
     small = "".join(f"<li>{html.escape(s['path'])}: {s['size'][0]}×{s['size'][1]} → bucket "
                     f"{s['bucket'][0]}×{s['bucket'][1]} (upscaled ×{s['upscale']})</li>" for s in r["small"])
     buckets = ", ".join(f"{b['name']}: {b['count']}{' (short)' if b['short'] else ''}"
@@ -127,7 +129,8 @@ def create_dataset_ui(train_data_dir, reg_data_dir):
             threshold = gr.Number(10, precision=0, label="Near-duplicate distance (≤)", elem_id="lt_ds_threshold")
             check_btn = gr.Button("Check images", elem_id="lt_ds_check")
         with gr.Row():
-            trash_names = gr.Textbox(label="Images to move to the trash (comma separated)", elem_id="lt_ds_trash_names")
+            trash_names = gr.Textbox(label="Images to move to the trash (comma separated; Check images suggests "
+                                     "the extra copies)", elem_id="lt_ds_trash_names")
             trash_btn = gr.Button("Move to trash", elem_id="lt_ds_trash")
         with gr.Row():
             upscaler = gr.Dropdown([], label="Upscaler (the WebUI's)", elem_id="lt_ds_upscaler")
@@ -257,8 +260,12 @@ def create_dataset_ui(train_data_dir, reg_data_dir):
         return _ok(html.escape(r["message"]) + _problems_html(r["problems"]))
 
     def on_check(name, reso, dist, progress=gr.Progress()):
-        return hygiene_html(_ws().hygiene(name, resolution=reso, threshold=int(dist or 10),
-                                          progress=reporter(progress), should_stop=should_stop))
+        report = _ws().hygiene(name, resolution=reso, threshold=int(dist or 10), progress=reporter(progress),
+                               should_stop=should_stop)
+        # suggested drops: every extra exact copy, and near copies that are the same picture
+        drops = [d for g in report["exact"] for d in g["drop"]]
+        drops += [d for g in report["near"] if g.get("level") == "same" for d in g["drop"] if d not in drops]
+        return ", ".join(drops), hygiene_html(report)
 
     def on_trash(name, names):
         r = _ws().trash(name, _split(names))
@@ -348,7 +355,7 @@ def create_dataset_ui(train_data_dir, reg_data_dir):
     stop_btn.click(fn=lambda: STOP.set(), inputs=[], outputs=[])
     bind(import_btn, on_import, [project, source, recursive, frames, uploads], [import_out])
     bind(undo_btn, on_undo, [project], [import_out])
-    bind(check_btn, on_check, [project, resolution, threshold], [clean_out])
+    bind(check_btn, on_check, [project, resolution, threshold], [trash_names, clean_out])
     bind(trash_btn, on_trash, [project, trash_names], [clean_out])
     bind(upscale_btn, on_upscale, [project, resolution, upscaler], [clean_out], gpu=True)
     bind(tag_btn, on_tag, [project, tagger_model, general_t, character_t, mcut, rating, undesired, mode], [caption_out])

@@ -226,6 +226,7 @@ def test_dataset_tab_import_tag_edit_in_browser(ui_webui, page, tmp_path):
     Image.new("RGB", (448, 448), (255, 0, 0)).save(src / "red.png")
     Image.new("RGB", (448, 448), (0, 0, 0)).save(src / "black.jpg", quality=95)
     (src / "broken.png").write_bytes(b"not an image")
+    (src / "red_copy.png").write_bytes((src / "red.png").read_bytes())
 
     page.goto(server.url, wait_until="domcontentloaded")
     tab_button = page.locator("#tabs > .tab-nav > button", has_text="LoRA Trainer")
@@ -244,7 +245,7 @@ def test_dataset_tab_import_tag_edit_in_browser(ui_webui, page, tmp_path):
     summary.wait_for(timeout=60_000)
     report = page.locator("#lt_ds_import_out").first.inner_text()
     print(f"[browser] import: {' '.join(report.split())}")
-    assert "Imported 2 image(s)" in summary.inner_text() and "broken.png" in report
+    assert "Imported 3 image(s)" in summary.inner_text() and "broken.png" in report
 
     page.get_by_text("3. Caption", exact=True).click()
     fill(page, "lt_ds_tagger_model", model)
@@ -252,7 +253,16 @@ def test_dataset_tab_import_tag_edit_in_browser(ui_webui, page, tmp_path):
     page.locator("#lt_ds_caption_summary").wait_for(timeout=120_000)
     tagged = page.locator("#lt_ds_caption_out").first.inner_text()
     print(f"[browser] tagging: {' '.join(tagged.split())}")
-    assert "2 caption(s) written" in tagged and "CPUExecutionProvider" in tagged
+    assert "3 caption(s) written" in tagged and "CPUExecutionProvider" in tagged
+
+    # Clean: the exact copy is suggested for the trash, and goes there with its caption
+    page.get_by_text("2. Clean", exact=True).click()
+    page.locator("#lt_ds_check").click()
+    page.locator("#lt_ds_hygiene_summary").wait_for(timeout=120_000)
+    suggested = page.locator("#lt_ds_trash_names textarea").input_value()
+    assert suggested == "red_copy.png", suggested      # equal copies: the first by name is kept
+    page.locator("#lt_ds_trash").click()
+    page.locator("#lt_ds_clean_out", has_text="trash").first.wait_for(timeout=60_000)
 
     page.get_by_text("4. Tags", exact=True).click()
     fill(page, "lt_ds_triggers", "sks, red thing")
@@ -267,6 +277,7 @@ def test_dataset_tab_import_tag_edit_in_browser(ui_webui, page, tmp_path):
     assert (images / "red.txt").read_text("utf-8") == "sks, red thing ||| " + ", ".join(RED_TAGS) + "\n"
     assert (images / "black.txt").read_text("utf-8") == "sks, red thing ||| " + ", ".join(BLACK_TAGS) + "\n"
     assert not (images / "broken.png").exists()
+    assert sorted(p.name for p in images.iterdir()) == ["black.jpg", "black.txt", "red.png", "red.txt"]
 
     shot = out_dir(tmp_path) / "lora_trainer_dataset_tab.png"
     page.screenshot(path=str(shot), full_page=True)
