@@ -146,9 +146,15 @@ class Workspace:
                 "operation": op.id}
 
     def tag(self, name, *, model="wd-swinv2-tagger-v3", mode="overwrite", images=None, providers=None,
-            batch_size=8, caption_extension=".txt", revision=None, progress=None, should_stop=None,
-            **tag_options) -> dict:
-        """WD14 / WD v3 tags into each image's caption file (undo: one operation)."""
+            batch_size=8, caption_extension=".txt", revision=None, repo_id=None, append_tags=False,
+            progress=None, should_stop=None, **tag_options) -> dict:
+        """WD14 / WD v3 tags into each image's caption file (undo: one operation).
+
+        Options: TagOptions' fields, or kohya's tagger arguments (thresh, general_threshold,
+        character_threshold, undesired_tags, remove_underscore, character_tags_first,
+        use_rating_tags[_as_last_tag], repo_id, append_tags)."""
+        model = repo_id or model
+        mode = "append" if append_tags else mode
         from .captioning import caption_images
         from .tagger import TagOptions, WD14Tagger, resolve_model
         options = _tag_options(TagOptions, tag_options)
@@ -171,7 +177,7 @@ class Workspace:
 
     def caption_sentences(self, name, *, model="BLIP large", mode="overwrite", images=None, device="auto",
                           batch_size=4, caption_extension=".txt", prefix="", max_length=None, num_beams=None,
-                          progress=None, should_stop=None) -> dict:
+                          min_length=None, progress=None, should_stop=None) -> dict:
         """Natural-language captions (BLIP / GIT); the model is unloaded afterwards."""
         from .sentences import SentenceCaptioner, caption_images_with_sentences, resolve_captioner
         project = self.open(name)
@@ -179,7 +185,9 @@ class Workspace:
         if progress:
             progress(0, len(paths), "loading the captioner")
         model_dir = resolve_captioner(model, self.models_dir / CAPTIONERS_DIR)
-        kwargs = {k: v for k, v in (("max_length", max_length), ("num_beams", num_beams)) if v is not None}
+        # kohya's make_captions.py names: max_length, min_length, num_beams
+        kwargs = {k: int(v) for k, v in (("max_length", max_length), ("num_beams", num_beams),
+                                         ("min_length", min_length)) if v is not None}
         cb = (lambda done, total, *_: progress(done, total, "captioning")) if progress else None
         with SentenceCaptioner(model_dir, device=device, **kwargs) as captioner, \
                 self._caption_operation(project, "caption", f"Captions from {Path(model_dir).name}",
@@ -474,13 +482,32 @@ def _next_index(folder: Path) -> int:
     return max(taken, default=-1) + 1
 
 
+# kohya sd-scripts' tag_images_by_wd14_tagger.py argument -> our TagOptions field (presets speak kohya)
+KOHYA_TAGGER_ARGS = {"remove_underscore": "replace_underscores", "character_tags_first": "character_first"}
+
+
+def _from_kohya(given: dict) -> dict:
+    """kohya's tagger arguments, mapped: --thresh is the fallback of both thresholds, as in kohya;
+    --use_rating_tags(_as_last_tag) include the rating first (last)."""
+    values = {KOHYA_TAGGER_ARGS.get(k, k): v for k, v in given.items()
+              if k not in ("thresh", "use_rating_tags", "use_rating_tags_as_last_tag")}
+    if given.get("thresh") is not None:
+        values.setdefault("general_threshold", given["thresh"])
+        values.setdefault("character_threshold", given["thresh"])
+    if given.get("use_rating_tags") or given.get("use_rating_tags_as_last_tag"):
+        values["include_rating"] = True
+        values["rating_position"] = "last" if given.get("use_rating_tags_as_last_tag") else "first"
+    return values
+
+
 def _tag_options(cls, given: dict):
     known = {f.name for f in fields(cls)}
-    unknown = sorted(set(given) - known)
+    values = _from_kohya(given)
+    unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(f"Unknown tagger option {unknown[0]!r}.", key=unknown[0],
-                        fix="Tagger options: " + ", ".join(sorted(known)))
-    values = dict(given)
+                        fix="Tagger options: " + ", ".join(sorted(known | {"thresh", "use_rating_tags",
+                            "use_rating_tags_as_last_tag", *KOHYA_TAGGER_ARGS})))
     for key in ("general_threshold", "character_threshold"):
         if key in values:
             try:

@@ -143,8 +143,9 @@ def hygiene(name: str, body: dict):
 def tag(name: str, body: dict):
     from dataclasses import fields
     from ..prep.tagger import TagOptions
-    from ..prep.workspace import Workspace
-    body = _check(Workspace.tag, _body(body), [f.name for f in fields(TagOptions)])
+    from ..prep.workspace import KOHYA_TAGGER_ARGS, Workspace
+    kohya = ["thresh", "use_rating_tags", "use_rating_tags_as_last_tag", *KOHYA_TAGGER_ARGS]
+    body = _check(Workspace.tag, _body(body), [f.name for f in fields(TagOptions)] + kohya)
     return _job("tag", name, lambda progress, should_stop: _ws().tag(
         name, progress=progress, should_stop=should_stop, **body))
 

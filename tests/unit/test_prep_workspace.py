@@ -243,3 +243,17 @@ def test_corpus_goes_import_hygiene_tag_organise_without_crash(ws, tmp_path, tag
     scan = scan_dataset(TrainConfig.from_dict({"train_data_dir": built["train_data_dir"]})).summary()
     assert scan["ok"] and scan["num_images"] == 20 and scan["folders"][0]["captions_missing"] == 0
     assert tree_digest(src) == before
+
+
+def test_kohya_tagger_arguments_are_understood(ws, tmp_path, tagger_dir):
+    src = source_folder(tmp_path / "src", n_red=1, n_black=0)
+    ws.create("k")
+    ws.import_images("k", source=str(src))
+    # kohya: --thresh is both thresholds' fallback; --use_rating_tags_as_last_tag; --remove_underscore false
+    out = ws.tag("k", repo_id=str(tagger_dir), thresh=0.9, use_rating_tags_as_last_tag=True,
+                 remove_underscore=False, character_tags_first=True)
+    assert out["tags"]["red0.png"] == ["kagamine_rin", "white_shirt", "shirt", "explicit"]
+    # --append_tags keeps what is there
+    ws.set_caption("k", "red0.png", "sks")
+    out = ws.tag("k", model=str(tagger_dir), append_tags=True, thresh=0.9)
+    assert ws.captions("k")["red0.png"] == "sks, kagamine rin, white shirt, shirt"
