@@ -126,6 +126,23 @@ def test_upload_reg_images_upscale_and_three_captions(webui, tmp_path):
     assert job["state"] == "finished" and job["result"]["counts"]["imported"] == 2, job
     images = project_dir(webui, "uploads")
     assert (images / "sq1.txt").read_text("utf-8") == "sks, square 1"
+    # a zip upload, with a zip-slip entry that must be refused
+    import zipfile
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        png = io.BytesIO()
+        Image.new("RGB", (48, 48), (0, 200, 0)).save(png, "PNG")
+        zf.writestr("set/green.png", png.getvalue())
+        zf.writestr("set/green.txt", "sks, square green")
+        zf.writestr("../../escape.png", png.getvalue())
+    job = webui.dataset_job(f"{API}/datasets/uploads/import",
+                            {"zip": base64.b64encode(buffer.getvalue()).decode(), "zip_name": "set.zip"})
+    assert job["state"] == "finished" and job["result"]["counts"]["imported"] == 1, job
+    assert any("escape.png" in p["path"] for p in job["result"]["skipped"])
+    assert (images / "green.txt").read_text("utf-8") == "sks, square green"
+    assert not (images.parent.parent / "escape.png").exists()
+    webui.post(f"{API}/datasets/uploads/undo", {})
+    assert not (images / "green.png").exists()
 
     status, body = webui.request("POST", f"{API}/datasets/uploads/upscale", {"upscaler": "Lanczos", "resolutoin": 64})
     assert status == 422 and body["detail"]["key"] == "resolutoin"
