@@ -176,26 +176,31 @@ class JobQueue:
                 return "abort"
             return job.stop_mode
 
+        state, error = "failed", None
         try:
             with borrowed_model(job.config.train_text_encoder) as sd_model:
                 model = WebUIModel(sd_model, job.config.clip_skip)
                 result = run_training(job.config, model, shared.cmd_opts.lora_dir, on_progress, stop_requested,
                                       on_file=job.files.append, fail_at_step=job.fail_at_step,
                                       on_problems=lambda p: job.problems.extend(p))
-            job.state = result.state
+            state = result.state
             job.eval_loss_start, job.eval_loss_end = result.eval_loss_start, result.eval_loss_end
             job.step_seconds = result.step_seconds
         except TrainingStopped:
-            job.state = "stopped"
+            state = "stopped"
         except UserError as e:
-            job.state, job.error = "failed", e.text()
+            error = e.text()
         except Exception as e:  # a bug: keep the traceback in the log, the message in the job
             traceback.print_exc()
-            job.state, job.error = "failed", f"{type(e).__name__}: {e}"
+            error = f"{type(e).__name__}: {e}"
         finally:
-            job.finished_at = time.time()
             self.current = None
-            refresh_lora_list()
+            try:
+                refresh_lora_list()
+            except Exception:  # the list refreshes again on the Lora tab's button; the run's outcome stands
+                traceback.print_exc()
+            # the end state last: a client that sees it finds the new files in /sdapi/v1/loras
+            job.error, job.finished_at, job.state = error, time.time(), state
 
 
 JOBS = JobQueue()
