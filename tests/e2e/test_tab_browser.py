@@ -247,6 +247,21 @@ def test_dataset_tab_import_tag_edit_in_browser(ui_webui, page, tmp_path):
     print(f"[browser] import: {' '.join(report.split())}")
     assert "Imported 3 image(s)" in summary.inner_text() and "broken.png" in report
 
+    # an upload goes the same way (gradio hands the temp file over with the name the user chose)
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    Image.new("RGB", (448, 448), (0, 0, 255)).save(upload / "blue.png")
+    page.locator("#lt_ds_upload input[type=file]").set_input_files(str(upload / "blue.png"))
+    page.locator("#lt_ds_upload", has_text="blue.png").first.wait_for(timeout=60_000)
+    page.locator("#lt_ds_import").click()
+    page.locator("#lt_ds_import_summary", has_text="uploaded files").wait_for(timeout=60_000)
+    assert "Imported 1 image(s)" in page.locator("#lt_ds_import_summary").inner_text()
+    images = server.data_dir / "lora-trainer" / "datasets" / "browser set" / "images"
+    assert (images / "blue.png").is_file()       # the user's file name, not gradio's temp name
+    page.locator("#lt_ds_undo").click()        # and Undo takes the upload back out
+    page.locator("#lt_ds_import_out", has_text="Undid").first.wait_for(timeout=60_000)
+    assert not (images / "blue.png").exists()
+
     page.get_by_text("3. Caption", exact=True).click()
     fill(page, "lt_ds_tagger_model", model)
     page.locator("#lt_ds_tag").click()
@@ -273,7 +288,6 @@ def test_dataset_tab_import_tag_edit_in_browser(ui_webui, page, tmp_path):
     page.locator("#lt_ds_tag_table").first.wait_for(timeout=30_000)
     assert "kagamine rin" in page.locator("#lt_ds_tags_out").first.inner_text()
 
-    images = server.data_dir / "lora-trainer" / "datasets" / "browser set" / "images"
     assert (images / "red.txt").read_text("utf-8") == "sks, red thing ||| " + ", ".join(RED_TAGS) + "\n"
     assert (images / "black.txt").read_text("utf-8") == "sks, red thing ||| " + ", ".join(BLACK_TAGS) + "\n"
     assert not (images / "broken.png").exists()
