@@ -293,6 +293,22 @@ def test_dataset_tab_import_tag_edit_in_browser(ui_webui, page, tmp_path):
     assert not (images / "broken.png").exists()
     assert sorted(p.name for p in images.iterdir()) == ["black.jpg", "black.txt", "red.png", "red.txt"]
 
+    # Organise: build the N_name folder, hand it to the Train tab, and its scan reads it
+    page.get_by_text("5. Organise", exact=True).click()
+    fill(page, "lt_ds_concept", "sks thing")
+    fill(page, "lt_ds_repeats", 5)
+    page.locator("#lt_ds_build").click()
+    page.locator("#lt_ds_build_summary").wait_for(timeout=60_000)
+    built = page.locator("#lt_ds_built_dir textarea").input_value()
+    assert built.endswith("browser set/training") and (Path(built) / "5_sks thing" / "red.txt").is_file()
+    page.locator("#lt_ds_use").click()
+    page.locator("#lt_train_data_dir").wait_for(state="visible")
+    page.wait_for_function("(d) => gradioApp().querySelector('#lt_train_data_dir textarea').value === d", arg=built)
+    page.locator("#lt_scan").click()
+    page.locator("#lt_scan_summary #lt_step_count").wait_for(timeout=60_000)
+    assert "5_sks thing" in page.locator("#lt_scan_summary").first.inner_text()
+    page.locator("#lt_subtabs > .tab-nav > button", has_text="Dataset").click()
+
     shot = out_dir(tmp_path) / "lora_trainer_dataset_tab.png"
     page.screenshot(path=str(shot), full_page=True)
     print(f"[browser] screenshot of the dataset tab: {shot}")
