@@ -93,6 +93,22 @@ class Operation:
                              "kept": kept.relative_to(self.dir).as_posix(),
                              "manifest": self.project.manifest["images"].get(source.name)})
 
+    def prune(self) -> None:
+        """Forget what did not happen: an 'added' file that was never written, a 'changed' file
+        whose bytes are what was kept. Undo then reverses the last real change."""
+        kept = []
+        for entry in self.entries:
+            current = self.project.images_dir / entry["name"]
+            if entry["action"] == "added" and not current.is_file():
+                continue
+            if entry["action"] == "changed":
+                copy = self.dir / entry["kept"]
+                if current.is_file() and copy.is_file() and current.read_bytes() == copy.read_bytes():
+                    copy.unlink()
+                    continue
+            kept.append(entry)
+        self.entries = kept
+
     def _write(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.dir / OPERATION_FILE, json.dumps(

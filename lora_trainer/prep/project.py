@@ -236,11 +236,12 @@ class Project:
 
     @contextlib.contextmanager
     def operation(self, kind: str, description: str = ""):
-        """Record a batch change (see Operation). Only operations with entries are kept."""
+        """Record a batch change (see Operation). Only operations that changed something are kept."""
         op = Operation(self, kind, description)
         try:
             yield op
         finally:
+            op.prune()
             if op.entries:
                 op._write()
                 self.manifest["history"].append(op.id)

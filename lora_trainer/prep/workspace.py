@@ -80,9 +80,6 @@ class Workspace:
                 "reg_data_dir": str(reg) if reg.is_dir() else None,
                 "warnings": [w.as_dict() for w in project.warnings]}
 
-    def image_path(self, name, image) -> Path:
-        return self.open(name)._member(image)
-
     # ------------------------------------------------------------ import, trash, undo
 
     def import_images(self, name, *, source=None, files=None, zip=None, recursive=True,
@@ -170,7 +167,7 @@ class Workspace:
             report = caption_images(paths, tagger, mode, progress=cb, should_stop=should_stop,
                                     batch_size=batch_size, options=options, extension=caption_extension,
                                     backup=False)
-        out = _caption_report(report, project)
+        out = _caption_report(report)
         out.update(model=str(model_dir), operation=op.id if op.entries else None)
         out["tags"] = {Path(k).name: list(v.tags) for k, v in report.results.items()}
         return out
@@ -195,7 +192,7 @@ class Workspace:
             report = caption_images_with_sentences(paths, captioner, mode, progress=cb, should_stop=should_stop,
                                                    batch_size=batch_size, extension=caption_extension,
                                                    backup=False, prefix=prefix)
-        out = _caption_report(report, project)
+        out = _caption_report(report)
         out.update(model=str(model_dir), operation=op.id if op.entries else None)
         out["captions"] = {Path(k).name: str(getattr(v, "text", v)) for k, v in report.results.items()}
         return out
@@ -227,20 +224,20 @@ class Workspace:
                 if mode == "missing" and target.is_file():
                     continue
                 _record_caption_change(op, target)
-            yield op
-            # keep only what the run really changed: Undo then reverses the last real change
-            op.entries = [e for e in op.entries if _changed(project, op, e)]
+            yield op   # Project.operation keeps only what the run really changed
 
     # ------------------------------------------------------------ tag editor
 
     def tag_table(self, name, images=None, caption_extension=".txt") -> dict:
-        """Tag frequencies (over `images`, default all) and the redundant pairs a consolidation merges."""
-        captions = self._tag_lists(name, caption_extension)
-        keys = list(images) if images is not None else None
+        """Tag frequencies (over `images`, default all), the redundant pairs a consolidation merges,
+        and those images' captions (one read of the caption files for all three)."""
+        texts = self.captions(name, caption_extension)
+        captions = {k: tag_ops.parse_caption(v) for k, v in texts.items()}
+        keys = [k for k in images if k in texts] if images is not None else list(texts)
         redundant = tag_ops.find_redundant(captions, keys)
-        return {"images": len(keys) if keys is not None else len(captions),
-                "frequency": tag_ops.frequency_table(captions, keys),
-                "redundant": [{"generic": g, "specific": s, "images": n} for (g, s), n in redundant.items()]}
+        return {"images": len(keys), "frequency": tag_ops.frequency_table(captions, keys),
+                "redundant": [{"generic": g, "specific": s, "images": n} for (g, s), n in redundant.items()],
+                "captions": {k: texts[k] for k in keys}}
 
     def filter(self, name, tags, mode="all", caption_extension=".txt") -> list[str]:
         if mode not in tag_ops.FILTER_MODES:
@@ -446,17 +443,6 @@ def _read_exact(image: Path, extension: str) -> str | None:
     return read_caption(image, extension)[0] if caption_path(image, extension).is_file() else None
 
 
-def _changed(project, op, entry) -> bool:
-    current = project.images_dir / entry["name"]
-    if entry["action"] == "added":
-        return current.is_file()
-    kept = op.dir / entry["kept"]
-    if current.is_file() and kept.is_file() and current.read_bytes() == kept.read_bytes():
-        kept.unlink()
-        return False
-    return True
-
-
 def _record_caption_change(op, target: Path) -> None:
     if target.is_file():
         op.before_change(target.name)
@@ -521,7 +507,7 @@ def _tag_options(cls, given: dict):
     return cls(**values)
 
 
-def _caption_report(report, project: Project) -> dict:
+def _caption_report(report) -> dict:
     def rel(p):
         return Path(p).name
     return {"written": [rel(p) for p in report.written], "unchanged": [rel(p) for p in report.unchanged],

@@ -183,6 +183,10 @@ def undo(name: str, body: dict):
     return _call(_ws().undo, name)
 
 
+def empty_trash(name: str, body: dict):
+    return _call(_ws().empty_trash, name)
+
+
 def captions(name: str, caption_extension: str = ".txt"):
     return _call(_ws().captions, name, caption_extension)
 
@@ -247,6 +251,7 @@ ROUTES = [
     ("/datasets/{name}/reg-images", reg_images, ["POST"]),
     ("/datasets/{name}/trash", trash, ["POST"]),
     ("/datasets/{name}/undo", undo, ["POST"]),
+    ("/datasets/{name}/empty-trash", empty_trash, ["POST"]),
     ("/datasets/{name}/captions", captions, ["GET"]),
     ("/datasets/{name}/captions/{image}", set_caption, ["PUT"]),
     ("/datasets/{name}/tags", tag_table, ["GET"]),

@@ -209,12 +209,11 @@ def create_dataset_ui(train_data_dir, reg_data_dir):
 
     # ---------------------------------------------------------------- handlers
 
-    def guarded(fn):
+    def guarded(fn, n_out):
         """UserErrors become the red message in the handler's last output; other outputs unchanged.
         functools.wraps keeps fn's signature visible, so gradio still injects gr.Progress()."""
         @functools.wraps(fn)
         def run(*args, **kwargs):
-            n_out = run.n_out
             STOP.clear()
             try:
                 return fn(*args, **kwargs)
@@ -232,11 +231,10 @@ def create_dataset_ui(train_data_dir, reg_data_dir):
             progress((done, max(1, total)), desc=message, unit="images")
         return report
 
-    def gallery_items(name, images):
-        ws = _ws()
-        captions = ws.captions(name)
-        folder = ws.open(name).images_dir
-        return [(str(folder / i), (captions.get(i) or "")[:80]) for i in images[:GALLERY_LIMIT]]
+    def gallery_items(name, captions: dict):
+        """Thumbnails of {image: caption} (the first GALLERY_LIMIT), captions as labels."""
+        folder = _ws().open(name).images_dir
+        return [(str(folder / i), (c or "")[:80]) for i, c in list(captions.items())[:GALLERY_LIMIT]]
 
     def on_create(name):
         info = _ws().create(name)
@@ -296,8 +294,8 @@ def create_dataset_ui(train_data_dir, reg_data_dir):
 
     def on_show(name, tags, how):
         images = _ws().filter(name, _split(tags), how)
-        table_html = frequency_html(_ws().tag_table(name, images))
-        return images, gallery_items(name, images), table_html
+        table = _ws().tag_table(name, images)
+        return images, gallery_items(name, table["captions"]), frequency_html(table)
 
     def on_apply(name, images, act, tags, trig, syn, separator):
         args = {}
@@ -312,14 +310,14 @@ def create_dataset_ui(train_data_dir, reg_data_dir):
         elif act == "consolidate":
             args = {"synonyms": syn} if str(syn or "").strip() else {}
         r = _ws().edit_tags(name, act, images=images, **args)
-        images = images if images is not None else list(_ws().captions(name))
-        return (gallery_items(name, images), frequency_html(_ws().tag_table(name, images)),
+        table = _ws().tag_table(name, images)
+        return (gallery_items(name, table["captions"]), frequency_html(table),
                 _ok(f"<p id='lt_ds_edit_summary'>{act}: {len(r['changed'])} caption(s) changed.</p>"))
 
     def on_select(name, images, evt: gr.SelectData):
-        images = images if images is not None else list(_ws().captions(name))
-        image = images[evt.index]
-        return image, _ws().captions(name).get(image) or ""
+        captions = _ws().captions(name)
+        image = (images if images is not None else list(captions))[evt.index]
+        return image, captions.get(image) or ""
 
     def on_save_caption(name, image, text):
         r = _ws().set_caption(name, image, text)
@@ -344,8 +342,7 @@ def create_dataset_ui(train_data_dir, reg_data_dir):
                                       f"<code>{html.escape(r['reg_data_dir'])}</code>.</p>")
 
     def bind(button, fn, inputs, outputs, gpu=False):
-        handler = guarded(fn)
-        handler.n_out = len(outputs)
+        handler = guarded(fn, len(outputs))
         if gpu:
             handler = wrap_gradio_gpu_call(handler, extra_outputs=[gr.update()] * (len(outputs) - 1))
         button.click(fn=handler, inputs=inputs, outputs=outputs)
@@ -373,7 +370,7 @@ def create_dataset_ui(train_data_dir, reg_data_dir):
                   _js="lora_trainer_show_train")
     def on_project(name):
         try:
-            return None, gallery_items(name, list(_ws().captions(name))) if name else []
+            return None, gallery_items(name, _ws().captions(name)) if name else []
         except UserError:
             return None, []
     project.change(fn=on_project, inputs=[project], outputs=[shown, gallery])

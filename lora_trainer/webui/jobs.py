@@ -17,6 +17,13 @@ from dataclasses import dataclass, field
 from ..errors import TrainingStopped, UserError
 
 
+def eta_seconds(started_at: float | None, done: int, total: int) -> float | None:
+    """Seconds left at the average pace so far (training steps or dataset files alike)."""
+    if not done or not total or not started_at:
+        return None
+    return round((time.time() - started_at) / done * (total - done), 1)
+
+
 @dataclass
 class Job:
     id: str
@@ -43,10 +50,7 @@ class Job:
 
     @property
     def eta_s(self) -> float | None:
-        if self.state != "running" or not self.step or not self.started_at or not self.total_steps:
-            return None
-        per_step = (time.time() - self.started_at) / self.step
-        return round(per_step * (self.total_steps - self.step), 1)
+        return eta_seconds(self.started_at, self.step, self.total_steps) if self.state == "running" else None
 
     def as_dict(self) -> dict:
         return {"id": self.id, "state": self.state, "phase": self.phase, "step": self.step,

@@ -15,6 +15,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from ..errors import UserError
+from .jobs import eta_seconds
 
 USES_MODEL = {"upscale", "reg-images", "caption"}
 
@@ -39,9 +40,7 @@ class PrepJob:
 
     @property
     def eta_s(self) -> float | None:
-        if self.state != "running" or not self.done or not self.total or not self.started_at:
-            return None
-        return round((time.time() - self.started_at) / self.done * (self.total - self.done), 1)
+        return eta_seconds(self.started_at, self.done, self.total) if self.state == "running" else None
 
     def as_dict(self) -> dict:
         return {"id": self.id, "kind": self.kind, "dataset": self.dataset, "state": self.state,

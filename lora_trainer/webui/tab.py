@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import html
-import json
-import math
 
 import gradio as gr
 

@@ -141,8 +141,11 @@ def test_upload_reg_images_upscale_and_three_captions(webui, tmp_path):
     assert any("escape.png" in p["path"] for p in job["result"]["skipped"])
     assert (images / "green.txt").read_text("utf-8") == "sks, square green"
     assert not (images.parent.parent / "escape.png").exists()
-    webui.post(f"{API}/datasets/uploads/undo", {})
-    assert not (images / "green.png").exists()
+    webui.post(f"{API}/datasets/uploads/trash", {"images": ["green.png"]})
+    assert not (images / "green.png").exists() and not (images / "green.txt").exists()
+    assert webui.post(f"{API}/datasets/uploads/empty-trash", {})["freed_bytes"] > 0
+    assert webui.post(f"{API}/datasets/uploads/undo", {})["message"] == "Nothing to undo."
+    assert not (images / "green.png").exists() and (images / "sq1.png").exists()
 
     status, body = webui.request("POST", f"{API}/datasets/uploads/upscale", {"upscaler": "Lanczos", "resolutoin": 64})
     assert status == 422 and body["detail"]["key"] == "resolutoin"
