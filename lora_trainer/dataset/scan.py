@@ -87,7 +87,11 @@ class DatasetScan:
     gradient_accumulation_steps: int = 1
     reg_data_dir: str | None = None
     reg_subsets: list = field(default_factory=list)
-    num_reg_images: int = 0              # reg samples per epoch (kohya: as many as train samples)
+
+    @property
+    def num_reg_images(self) -> int:
+        """Reg samples per epoch (kohya: as many as train samples)."""
+        return sum(item.repeats for item in self.items if item.is_reg)
 
     @property
     def ok(self) -> bool:
@@ -491,7 +495,6 @@ def scan_dataset(cfg) -> DatasetScan:
         train_data_dir=str(root) if root is not None else getattr(cfg, "train_data_dir", None),
         batches_per_epoch=batches, batch_size=batch_size, gradient_accumulation_steps=grad_accum,
         reg_data_dir=str(reg_root) if reg_root is not None else None, reg_subsets=reg_subsets,
-        num_reg_images=sum(item.repeats for item in reg_items),
     )
 
 
