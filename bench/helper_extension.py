@@ -9,16 +9,22 @@ so it only ever exists in a benchmark's temporary WebUI. It adds, inside the Web
                                      callbacks (wrapped in on_before_ui, so they are timed one by one)
   POST /lora-trainer-bench/v1/bare   {"iters": 8, "warmup": 2, "latent": 32, "batch": 1, "timestep": 500,
                                       "mode": "bare" | "lora" | "lora_te"  (or "modes": [...], interleaved),
-                                      "attention": null | "sdp-no-mem" ...}
+                                      "attention": null | "sdp-no-mem" ..., "layout": "webui" | "training",
+                                      "torch_profile": false}
       bare     frozen UNet forward + MSE backward through shared.sd_model.apply_model, grad only on the
                input latent (the baseline of the training step)
       lora     the same with the trainer's own network (lora_trainer.networks.factory.build_network) attached
                and AdamW, each phase timed separately (cond / forward / backward / optimizer)
       lora_te  as lora, plus text-encoder adapters and the caption encoded with grad every step
+    "layout": "training" runs a bare-only call with the trainer's contiguous SpatialTransformer outputs
+    (lora_trainer.webui.session.contiguous_transformer_outputs); lora modes always run in it (they borrow
+    the model like a training job). "torch_profile": one more iteration of each mode under torch.profiler
+    (the ops with the most self CPU time, by input shapes).
     Runs under modules.call_queue.queue_lock, like generation and training.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -63,6 +69,21 @@ def _wrap_target_callbacks():
 
 def _median(xs):
     return statistics.median(xs) if xs else None
+
+
+def _torch_profile(steps: dict, rows: int, stack: bool = False) -> dict:
+    """One iteration of each variant under torch.profiler: the ops that cost the most self CPU time."""
+    import torch
+    out = {}
+    for mode, step in steps.items():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True,
+                                    with_stack=stack) as prof:
+            step()
+        grouped = prof.key_averages(group_by_stack_n=8) if stack else prof.key_averages(group_by_input_shape=True)
+        table = sorted(grouped, key=lambda e: -e.self_cpu_time_total)
+        out[mode] = [{"op": e.key, "shapes": str(e.input_shapes)[:160], "self_ms": round(e.self_cpu_time_total / 1000, 2),
+                      "calls": e.count, "stack": list(e.stack or [])[:8]} for e in table[:rows]]
+    return out
 
 
 def _run_bare(body: dict) -> dict:
@@ -139,11 +160,14 @@ def _run_bare(body: dict) -> dict:
     needs_lora = any(mode != "bare" for mode in modes)
     try:
         if not needs_lora:
+            from lora_trainer.webui.session import contiguous_transformer_outputs
             flags = [(p, p.requires_grad) for p in m.parameters()]
             for p, _ in flags:
                 p.requires_grad_(False)
+            layout = contiguous_transformer_outputs(m) if body.get("layout") == "training" else contextlib.nullcontext()
+            info["layout"] = body.get("layout", "webui")
             try:
-                with torch.enable_grad():
+                with torch.enable_grad(), layout:
                     run({"bare": bare_step})
             finally:
                 for p, flag in flags:
@@ -178,6 +202,9 @@ def _run_bare(body: dict) -> dict:
                     steps[mode] = make_lora_step(model, net, opt, te, cached)
                 with torch.enable_grad():
                     run(steps)
+                    if body.get("torch_profile"):
+                        info["torch_profile"] = _torch_profile(steps, int(body.get("torch_profile_rows", 30)),
+                                                                bool(body.get("stack")))
     finally:
         if attention and old_optimizer != applied:
             sd_hijack.apply_optimizations(title_of(old_optimizer) if old_optimizer else "None")

@@ -439,6 +439,9 @@ def run_full(args, tmp: Path) -> dict:
         log(f"a) bare frozen-UNet fwd+bwd, {args.bare_iters} iterations after {args.warmup} warm-ups")
         bares.append(bare(server, pid, args.bare_iters, args.warmup))
         log(f"   median {bares[-1]['median']['total']:.3f} s")
+        # a*) the same pass with the trainer's layout fix: what is left of b/a* is the LoRA's own cost
+        layouts = [bare(server, pid, args.bare_iters, args.warmup, layout="training")]
+        log(f"a*) bare in the trainer's layout: median {layouts[-1]['median']['total']:.3f} s")
         jobs = {}
         for key, label, te in (("unet", "b) training, UNet only", False), ("te", "c) training, UNet + text encoder", True)):
             for attempt in range(1, args.job_tries + 1):
@@ -455,7 +458,9 @@ def run_full(args, tmp: Path) -> dict:
             log("a) bare again")
             bares.append(bare(server, pid, args.bare_iters, args.warmup))
             log(f"   median {bares[-1]['median']['total']:.3f} s")
-        out.update(bare=bares, unet=jobs["unet"], te=jobs["te"],
+            layouts.append(bare(server, pid, args.bare_iters, args.warmup, layout="training"))
+            log(f"a*) bare in the trainer's layout: median {layouts[-1]['median']['total']:.3f} s")
+        out.update(bare=bares, bare_layout=layouts, unet=jobs["unet"], te=jobs["te"],
                    unet_tries=jobs["unet_tries"], te_tries=jobs["te_tries"])
 
         if args.profile:
@@ -567,6 +572,10 @@ def summarise(full: dict | None, startup: dict | None) -> dict:
             s[f"step_{key}_s"] = med(step_quiet) if use_quiet else r["step_median"]
             s[f"bare_near_{key}_s"] = med(near_quiet) if use_quiet else med(near_all)
             s[f"ratio_{key}"] = s[f"step_{key}_s"] / s[f"bare_near_{key}_s"]
+            if full.get("bare_layout"):
+                lay_all, lay_quiet = bare_samples(full["bare_layout"][i:i + 2])
+                s[f"bare_layout_near_{key}_s"] = med(lay_quiet) if use_quiet and len(lay_quiet) >= 3 else med(lay_all)
+                s[f"ratio_{key}_layout"] = s[f"step_{key}_s"] / s[f"bare_layout_near_{key}_s"]
             s[f"ratio_{key}_all"] = r["step_median"] / med(bare_all)
             s[f"ratio_{key}_min"] = r["step_min"] / s["bare_min_s"]
             cpu = (r.get("poll") or {}).get("cpu_per_step")
@@ -662,6 +671,12 @@ def print_table(s: dict) -> None:
             rows.append((f"   ratio {label}/a", num(s[goal]), f"<= {GOALS[goal]:.2f} {ok(s[goal], GOALS[goal])}",
                          f"{s[f'{goal}_basis']}; all/all {num(s[f'{goal}_all'])}, min/min {num(s[f'{goal}_min'])}, "
                          f"CPU/CPU {num(s[f'{goal}_cpu'])}; kohya {anchor}"))
+            if s.get(f"ratio_{key}_layout") is not None:
+                rows.append((f"   ratio {label}/a* (a* = bare in the trainer's layout, "
+                             f"{sec(s[f'bare_layout_near_{key}_s'])})", num(s[f"ratio_{key}_layout"]),
+                             f"<= {GOALS[goal]:.2f} {ok(s[f'ratio_{key}_layout'], GOALS[goal])}",
+                             "the LoRA's own cost: a* runs the same frozen pass with the trainer's contiguous "
+                             "SpatialTransformer outputs (see bench/README.md)"))
         for key, label in (("unet", "b"), ("te", "c")):
             m = s[f"mem_{key}"]
             rows.append((f"d) RSS during {label}: before / peak / after", f"{gb(m['rss_before'])} / {gb(m['rss_peak'])} / "

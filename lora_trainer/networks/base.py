@@ -26,18 +26,18 @@ class NetworkModule(torch.nn.Module):
         self.multiplier = 1.0
         self._handle = None
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def delta(self, x: torch.Tensor, scale: float) -> torch.Tensor:  # pragma: no cover - abstract
+        """What the adapter adds to the base output, already multiplied by `scale`."""
         raise NotImplementedError
 
     def _hook(self, module, inputs, output):
         x = inputs[0]
         if x.dtype != self._dtype and not torch.is_autocast_enabled():
             x = x.to(self._dtype)
-        d = self.delta(x)
+        d = self.delta(x, self.multiplier * self.scale)
         if d.dtype != output.dtype:
             d = d.to(output.dtype)
-        # one fused kernel for output + k·d (these activations are the largest tensors of the step)
-        return torch.add(output, d, alpha=self.multiplier * self.scale)
+        return output + d
 
     def attach(self, base: torch.nn.Module) -> None:
         self.detach()

@@ -116,8 +116,8 @@ def vae_roundtrip(body: dict):
     except Exception:
         raise HTTPException(422, detail={"message": "image is not a base64 PNG/JPEG.", "key": "image"}) from None
     with call_queue.queue_lock:
-        png = WebUIModel(shared.sd_model).roundtrip(image)
-    return {"image": base64.b64encode(png).decode()}
+        png, stats = WebUIModel(shared.sd_model).roundtrip(image)
+    return {"image": base64.b64encode(png).decode(), **stats}
 
 
 def mount(app) -> None:

@@ -86,18 +86,21 @@ class WebUIModel:
             vae.to(old_param_dtype)
 
     @torch.no_grad()
-    def roundtrip(self, image) -> bytes:
-        """PNG bytes of an RGB PIL image after encode_images and the WebUI's own decode."""
+    def roundtrip(self, image) -> tuple[bytes, dict]:
+        """PNG bytes of an RGB PIL image after encode_images and the WebUI's own decode, and the
+        statistics of its latents (SD's scale_factor is meant to give them a std near 1)."""
         import io
         from PIL import Image
         from modules import sd_samplers_common
         from ..dataset.latents import pil_to_tensor
         z = self.encode_images(pil_to_tensor(image).unsqueeze(0))
+        stats = {"latent_mean": float(z.mean()), "latent_std": float(z.std()),
+                 "scale_factor": float(self.m.scale_factor)}
         x = sd_samplers_common.samples_to_images_tensor(z.to(self.device), approximation=0, model=self.m)
         x = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         buf = io.BytesIO()
         Image.fromarray(x).save(buf, format="PNG")
-        return buf.getvalue()
+        return buf.getvalue(), stats
 
     def encode_captions(self, captions: list[str], sizes):
         from modules import devices

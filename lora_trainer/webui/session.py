@@ -74,6 +74,32 @@ def training_attention():
             sd_hijack.model_hijack.apply_optimizations(before.title() if before is not None else "None")
 
 
+def _contiguous_output(module, inputs, output):
+    return output if output.is_contiguous() else output.contiguous()
+
+
+@contextlib.contextmanager
+def contiguous_transformer_outputs(sd_model):
+    """On CPU, hand every SpatialTransformer's output on as plain NCHW while training.
+
+    A1111 patches SpatialTransformer.forward to skip `.contiguous()`, so its output stays a
+    channels-last view; every following 3×3 conv then makes mkldnn re-lay its weight out to
+    channels-last, in the forward and again in the backward (59 MB per 1280-channel conv).
+    Copying the small activation instead is ~1.5× faster per step (full-size SD1.5, 256²,
+    2 cores: bare fwd+bwd 3.9 s → 2.6 s). The values are the same; hooks are removed after."""
+    from modules import devices
+    if devices.device.type != "cpu":
+        yield
+        return
+    handles = [module.register_forward_hook(_contiguous_output) for module in sd_model.model.diffusion_model.modules()
+               if type(module).__name__ == "SpatialTransformer"]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def current_model():
     from modules import shared
     if getattr(shared.cmd_opts, "lowvram", False):
@@ -103,7 +129,7 @@ def borrowed_model(train_text_encoder: bool):
     for p, _ in requires_grad:
         p.requires_grad_(False)
     try:
-        with training_attention():
+        with training_attention(), contiguous_transformer_outputs(m):
             yield m
     finally:
         for p, flag in requires_grad:

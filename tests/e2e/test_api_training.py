@@ -149,28 +149,58 @@ def test_gradient_checkpointing_still_trains_the_lora(webui, dataset):
     assert job["eval_loss_end"] < job["eval_loss_start"]
 
 
-def test_learning_a_small_concept(webui, tmp_path, capsys):
-    """The fixed-noise training loss falls by at least half; the LoRA changes same-seed generations.
+@pytest.fixture(scope="module")
+def denoiser(webui, tmp_path_factory):
+    """A tiny SD1.5 that can already denoise (see make_denoiser.py), loaded in the WebUI for the
+    learning test; the harness's tiny-sd15 is put back afterwards."""
+    import os
+    import subprocess
+    import sys
+    from .webui import harness_dest
+    out = tmp_path_factory.mktemp("denoiser") / "tiny-sd15-denoiser.safetensors"
+    models = webui.data_dir / "models" / "Stable-diffusion"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("PYTHONPATH", None)
+    subprocess.run([str(harness_dest() / "venv" / "bin" / "python"), str(Path(__file__).with_name("make_denoiser.py")),
+                    "--src", str(models / "tiny-sd15.safetensors"), "--out", str(out), "--steps", "1000"],
+                   check=True, env=env, stdout=sys.stderr)
+    for ext in (".safetensors", ".yaml"):
+        (models / f"tiny-sd15-denoiser{ext}").write_bytes(out.with_suffix(ext).read_bytes())
+    webui.post("/sdapi/v1/refresh-checkpoints")
+    webui.post("/sdapi/v1/options", {"sd_model_checkpoint": "tiny-sd15-denoiser.safetensors"})
+    try:
+        assert webui.get("/lora-trainer/v1/model")["checkpoint"].startswith("tiny-sd15-denoiser")
+        yield "tiny-sd15-denoiser"
+    finally:
+        webui.post("/sdapi/v1/options", {"sd_model_checkpoint": "tiny-sd15.safetensors"})
 
-    Also prints how much closer a same-seed txt2img gets to the VAE round-trip of the training image.
-    (On the tiny random checkpoint the VAE's latents have a std of ~0.09 instead of ~1, so pixel MSE
-    barely moves even when latents get far closer: see the README's notes on the test model.)
-    """
+
+def test_learning_a_small_concept(webui, denoiser, tmp_path, capsys):
+    """Acceptance (c): the fixed-noise training loss falls by at least half, and same-seed txt2img
+    with the LoRA is at least 30 % closer (MSE) to the VAE round-trip of the training image than
+    without it (summed over four seeds, so one lucky seed cannot pass it)."""
     import base64
     from .datasets import png_b64
     from .webui import pixels_of
     ds = red_square_set(tmp_path, n=1)
     job = webui.train({"train_data_dir": str(ds), **TINY, "output_name": "concept", "overwrite": True,
                        "network_type": "locon", "network_dim": 16, "network_alpha": 16, "conv_dim": 16,
-                       "conv_alpha": 16, "learning_rate": 5e-3, "max_train_steps": 300})
+                       "conv_alpha": 16, "learning_rate": 1e-2, "lr_scheduler": "constant", "train_batch_size": 4,
+                       "min_snr_gamma": 5, "max_train_steps": 400})
     assert job["state"] == "finished", job
     assert job["eval_loss_end"] <= 0.5 * job["eval_loss_start"], job
-    target = pixels_of(base64.b64decode(webui.post("/lora-trainer/v1/vae-roundtrip", {
-        "image": png_b64(ds / "10_sks square" / "square_0.png")})["image"]))
-    plain = pixels_of(webui.txt2img("sks square", seed=7, steps=20))
-    with_lora = pixels_of(webui.txt2img("sks square <lora:concept:1>", seed=7, steps=20))
-    assert float(((plain - with_lora) ** 2).mean()) > 1e-4
-    ratio = float(((with_lora - target) ** 2).mean() / ((plain - target) ** 2).mean())
+    roundtrip = webui.post("/lora-trainer/v1/vae-roundtrip", {"image": png_b64(ds / "10_sks square" / "square_0.png")})
+    assert 0.7 < roundtrip["latent_std"] < 1.4, roundtrip      # the denoiser's calibrated scale factor
+    target = pixels_of(base64.b64decode(roundtrip["image"]))
+    with_lora, without = [], []
+    for seed in (7, 8, 9, 10):
+        plain = pixels_of(webui.txt2img("sks square", seed=seed, steps=20))
+        lora = pixels_of(webui.txt2img("sks square <lora:concept:1>", seed=seed, steps=20))
+        without.append(float(((plain - target) ** 2).mean()))
+        with_lora.append(float(((lora - target) ** 2).mean()))
+    ratio = sum(with_lora) / sum(without)
     with capsys.disabled():
         print(f"\n[learning] fixed-noise loss {job['eval_loss_start']:.4f} -> {job['eval_loss_end']:.4f}; "
-              f"txt2img MSE to the VAE round-trip, with/without LoRA: {ratio:.3f}")
+              f"txt2img MSE to the VAE round-trip with/without the LoRA: {ratio:.3f} "
+              f"(per seed {[round(a / b, 3) for a, b in zip(with_lora, without)]})")
+    assert ratio <= 0.7, (with_lora, without)
