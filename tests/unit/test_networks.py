@@ -55,6 +55,30 @@ def test_conv3x3_locon_delta_matches_merged_conv_and_kohya_shapes():
     torch.testing.assert_close(y, merged, rtol=1e-5, atol=1e-5)
 
 
+def test_pointwise_conv_delta_matches_merged_conv_and_its_gradients():
+    """1×1 adapters (proj_in/proj_out, shortcuts) run as matmuls: same output and gradients as the conv."""
+    torch.manual_seed(3)
+    base = torch.nn.Conv2d(8, 5, 1)
+    lora = LoRAModule("lora_unet_mid_block_attentions_0_proj_in", base, dim=3, alpha=1.5)
+    assert lora.down_is_pointwise
+    torch.nn.init.normal_(lora.lora_up)
+    net = Network()
+    net.add(lora, base, "unet")
+    x = torch.randn(2, 8, 5, 7, requires_grad=True)
+    with net.attached():
+        y = base(x)
+    y.square().sum().backward()
+    grads = (x.grad.clone(), lora.lora_down.grad.clone(), lora.lora_up.grad.clone())
+    x.grad = None
+    down, up = lora.lora_down.detach().requires_grad_(), lora.lora_up.detach().requires_grad_()
+    h = torch.nn.functional.conv2d(x, down)
+    ref = base(x) + torch.nn.functional.conv2d(h, up) * lora.scale
+    ref.square().sum().backward()
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, (x.grad, down.grad, up.grad)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_kohya_state_dict_round_trip_and_unknown_modules():
     base = torch.nn.Linear(4, 4)
     a = LoRAModule("lora_te_a", base, dim=2, alpha=2)

@@ -56,3 +56,29 @@ def test_dataset_jobs_report_progress_results_and_user_errors():
     assert ok.as_dict()["state"] == "finished" and ok.result == {"checked": 3} and (ok.done, ok.total) == (3, 3)
     assert failed.state == "failed" and failed.error_detail["path"] == "/nope" and "Check the path" in failed.error
     jobs.shutdown()
+
+
+def test_training_layout_makes_transformer_outputs_contiguous_and_leaves_no_hook(monkeypatch):
+    """While training on CPU every SpatialTransformer output is plain NCHW (no per-call conv weight
+    re-layout); afterwards the model has no hook left and gives channels-last views again."""
+    import sys
+    import types
+    import torch
+    from lora_trainer.webui.session import contiguous_transformer_outputs
+
+    class SpatialTransformer(torch.nn.Module):          # returns a channels-last view, like A1111's patch
+        def forward(self, x):
+            return x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+
+    unet = torch.nn.Sequential(SpatialTransformer(), torch.nn.Conv2d(4, 4, 3, padding=1), SpatialTransformer())
+    sd_model = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=unet))
+    for device, contiguous in (("cpu", True), ("cuda", False)):
+        monkeypatch.setitem(sys.modules, "modules", types.SimpleNamespace(
+            devices=types.SimpleNamespace(device=torch.device(device))))
+        monkeypatch.setitem(sys.modules, "modules.devices", sys.modules["modules"].devices)
+        x = torch.randn(1, 4, 6, 6)
+        with contiguous_transformer_outputs(sd_model):
+            assert unet[0](x).is_contiguous() is contiguous
+            assert torch.equal(unet(x), unet[2](unet[1](unet[0](x))))
+        assert not unet[0](x).is_contiguous()
+        assert all(not m._forward_hooks for m in unet.modules())
