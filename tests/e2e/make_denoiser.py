@@ -84,7 +84,6 @@ def main(argv=None) -> int:
     t0 = time.time()
     model, state, torch = load_ldm(webui, src.with_suffix(".yaml"), src)
     torch.manual_seed(args.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     data = shapes_dataset(args.images, 64, args.seed)
     import numpy as np
