@@ -75,7 +75,9 @@ def training_attention():
 
 
 def _contiguous_output(module, inputs, output):
-    return output if output.is_contiguous() else output.contiguous()
+    if isinstance(output, torch.Tensor) and not output.is_contiguous():
+        return output.contiguous()
+    return output
 
 
 @contextlib.contextmanager
