@@ -71,18 +71,16 @@ def _median(xs):
     return statistics.median(xs) if xs else None
 
 
-def _torch_profile(steps: dict, rows: int, stack: bool = False) -> dict:
+def _torch_profile(steps: dict, rows: int) -> dict:
     """One iteration of each variant under torch.profiler: the ops that cost the most self CPU time."""
     import torch
     out = {}
     for mode, step in steps.items():
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True,
-                                    with_stack=stack) as prof:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
             step()
-        grouped = prof.key_averages(group_by_stack_n=8) if stack else prof.key_averages(group_by_input_shape=True)
-        table = sorted(grouped, key=lambda e: -e.self_cpu_time_total)
+        table = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
         out[mode] = [{"op": e.key, "shapes": str(e.input_shapes)[:160], "self_ms": round(e.self_cpu_time_total / 1000, 2),
-                      "calls": e.count, "stack": list(e.stack or [])[:8]} for e in table[:rows]]
+                      "calls": e.count} for e in table[:rows]]
     return out
 
 
@@ -203,8 +201,7 @@ def _run_bare(body: dict) -> dict:
                 with torch.enable_grad():
                     run(steps)
                     if body.get("torch_profile"):
-                        info["torch_profile"] = _torch_profile(steps, int(body.get("torch_profile_rows", 30)),
-                                                                bool(body.get("stack")))
+                        info["torch_profile"] = _torch_profile(steps, int(body.get("torch_profile_rows", 30)))
     finally:
         if attention and old_optimizer != applied:
             sd_hijack.apply_optimizations(title_of(old_optimizer) if old_optimizer else "None")

@@ -49,8 +49,8 @@ def shapes_dataset(n: int, size: int, seed: int):
 
 
 def load_ldm(webui: Path, yaml: Path, weights: Path):
-    sys.path[:0] = [str(webui / "repositories" / "stable-diffusion-stability-ai"), str(webui)]
-    import torch
+    """ldm's LatentDiffusion from the yaml, with the checkpoint's weights; and the checkpoint's own tensors."""
+    sys.path.insert(0, str(webui / "repositories" / "stable-diffusion-stability-ai"))
     import transformers
     from omegaconf import OmegaConf
     from safetensors.torch import load_file
@@ -66,7 +66,7 @@ def load_ldm(webui: Path, yaml: Path, weights: Path):
     state = load_file(str(weights))
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     model.cond_stage_model.device = "cpu"
-    return model.eval(), state, torch
+    return model.eval(), state
 
 
 def main(argv=None) -> int:
@@ -82,11 +82,12 @@ def main(argv=None) -> int:
     src = Path(args.src).resolve()
     webui = Path(args.webui) if args.webui else src.parents[2]
     t0 = time.time()
-    model, state, torch = load_ldm(webui, src.with_suffix(".yaml"), src)
+    import numpy as np
+    import torch
+    model, state = load_ldm(webui, src.with_suffix(".yaml"), src)
     torch.manual_seed(args.seed)
 
     data = shapes_dataset(args.images, 64, args.seed)
-    import numpy as np
     pixels = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
                           for im, _ in data])
     with torch.no_grad():
