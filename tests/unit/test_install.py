@@ -1,9 +1,11 @@
-"""install.py: the decision logic as pure functions, and one real run in a venv layered over the WebUI's."""
+"""install.py: the decision logic as pure functions, and real runs in a fresh venv holding torch and WebUI pins."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -339,19 +341,46 @@ def test_webui_launch_absent_or_unrelated(monkeypatch):
     assert inst.webui_launch() is None
 
 
-# ---------------------------------------------------------------- real run, layered venv
+# ---------------------------------------------------------------- real run, fresh venv
+
+# A stand-in for the WebUI's venv: torch (the CPU wheel on disk: the machine's pip config finds it for
+# `torch==2.13.0`, never the CUDA wheels) and two of A1111 1.10's own pins (requirements_versions.txt).
+# numpy 1.26.2 is older than what the newest scipy (imagehash -> scipy) needs (numpy>=1.26.4): an install
+# without install.py's constraints upgrades numpy (checked below), so "nothing moved" is a real claim.
+TORCH_REQ = "torch==2.13.0"
+WEBUI_PINS = {"numpy": "1.26.2", "pillow": "9.5.0"}
+HELD_BACK = "numpy"
+
+# A1111's launch_utils.run / run_pip, cut down: one line printed, the pip command run through the shell.
+# It also records each command it gets, to show that install.py went through it.
+FAKE_LAUNCH_PY = '''\
+import os, subprocess, sys
+
+python = sys.executable
+index_url = os.environ.get("INDEX_URL", "")
 
 
-def webui_dest() -> Path:
-    env = os.environ
-    if env.get("WEBUI_DEST"):
-        return Path(env["WEBUI_DEST"])
-    if env.get("DEST"):
-        return Path(env["DEST"])
-    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sd-webui-harness"
+def run(command, desc=None, errdesc=None, custom_env=None, live=False):
+    if desc is not None:
+        print(desc)
+    result = subprocess.run(command, shell=True, env=os.environ if custom_env is None else custom_env,
+                            encoding="utf8", errors="ignore", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if result.returncode != 0:
+        raise RuntimeError(f"{errdesc or 'Error running command'}.\\nCommand: {command}\\n"
+                           f"Error code: {result.returncode}\\nstdout: {result.stdout}\\nstderr: {result.stderr}")
+    return result.stdout or ""
 
 
-def sh(cmd, env, timeout=120, **kw):
+def run_pip(command, desc=None, live=False):
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch-calls.log"), "a") as f:
+        f.write(command + "\\n")
+    index_url_line = f" --index-url {index_url}" if index_url != "" else ""
+    return run(f'"{python}" -m pip {command} --prefer-binary{index_url_line}', desc=f"Installing {desc}",
+               errdesc=f"Couldn't install {desc}", live=live)
+'''
+
+
+def sh(cmd, env, timeout=300, **kw):
     return subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=timeout, **kw)
 
 
@@ -360,96 +389,107 @@ def ok(result):
     return result.stdout
 
 
-def purelib(python, env) -> Path:
-    return Path(ok(sh([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env)).strip())
+def freeze(python, env) -> set:
+    """`pip freeze --all` as a set of lines (--all: pip and setuptools too)."""
+    return set(ok(sh([python, "-m", "pip", "freeze", "--all"], env)).splitlines())
 
 
-def freeze(python, env) -> dict:
-    # Plain `pip freeze` walks sys.path, so with the .pth it lists both layers; --all keeps pip/setuptools.
-    out = ok(sh([python, "-m", "pip", "freeze", "--all"], env))
-    pins = {}
-    for line in out.splitlines():
-        name, sep, version = line.partition("==")
-        pins[inst.normalize(name) if sep else line] = version if sep else line
-    return pins
+def pins(lines) -> dict:
+    return {inst.normalize(name): version for name, _, version in (line.partition("==") for line in lines)}
 
 
 @pytest.mark.slow
-def test_install_py_twice_in_a_venv_layered_over_the_webui(tmp_path):
-    """Only additions, in the tmp layer; the lycoris range matches torch; a second run is a no-op."""
-    dest_py = webui_dest() / "venv" / "bin" / "python"
-    if not dest_py.exists():
-        pytest.skip(f"assembled WebUI venv not found: {dest_py} (set WEBUI_DEST or DEST)")
-
+def test_install_py_in_a_fresh_venv_adds_only_and_holds_the_webui_pins(tmp_path):
+    """install.py as A1111 runs it, in a fresh venv holding torch and WebUI pins: the first run only adds
+    (the pinned older numpy stays, though an unconstrained install would upgrade it); the second makes no pip call.
+    """
+    python311 = shutil.which("python3.11")
+    if python311 is None:
+        pytest.skip("python3.11 not found (torch 2.13.0's wheel is cp311)")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     log = tmp_path / "pip-calls.log"
     log.write_text("")
-    env.update(PYTHONDONTWRITEBYTECODE="1",  # importing the WebUI's packages must not write into its venv
-               PYTHONNOUSERSITE="1", PIP_DISABLE_PIP_VERSION_CHECK="1", LORA_TRAINER_INSTALL_LOG=str(log))
+    env.update(PYTHONNOUSERSITE="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1",
+               PIP_CACHE_DIR=str(tmp_path / "pip-cache"),  # nothing cached outside tmp_path
+               LORA_TRAINER_INSTALL_LOG=str(log))
 
-    # The layer: a venv without pip of its own (the WebUI's pip comes in through the .pth). New installs land
-    # in sys.prefix = the tmp venv, and pip never uninstalls outside sys.prefix, so the WebUI venv is safe.
-    venv = tmp_path / "venv"
-    ok(sh([dest_py, "-m", "venv", "--without-pip", venv], env))
+    venv = tmp_path / "venv"  # no --system-site-packages: only what this test installs
+    ok(sh([python311, "-m", "venv", venv], env))
     py = venv / "bin" / "python"
-    dest_sp, tmp_sp = purelib(dest_py, env), purelib(py, env)
-    assert dest_sp != tmp_sp
-    (tmp_sp / "_sd_webui_layer.pth").write_text(f"{dest_sp}\n")
-    dest_listing = sorted(os.listdir(dest_sp))
+    pip = [py, "-m", "pip"]
+    assert pins(freeze(py, env)).keys() == {"pip", "setuptools"}, "the fresh venv sees other packages"
+    if sh([*pip, "index", "versions", "prodigyopt"], env).returncode != 0:
+        pytest.skip("no package index reachable (prodigyopt is not on this machine)")
 
-    # install.py must take its fallback: no `launch` importable from the extension root
-    assert ok(sh([py, "-c", "import importlib.util as u; print(u.find_spec('launch'))"], env, cwd=ROOT)) == "None\n"
+    # The "WebUI": torch + pins, then a webui root with a `launch` module and the extension in extensions/.
+    ok(sh([*pip, "install", "-q", TORCH_REQ, *(f"{n}=={v}" for n, v in WEBUI_PINS.items())], env, timeout=1200))
+    webui = tmp_path / "webui"
+    ext = webui / "extensions" / "sd-webui-lora-trainer"
+    ext.mkdir(parents=True)
+    shutil.copy(INSTALL_PY, ext / "install.py")
+    (webui / "launch.py").write_text(FAKE_LAUNCH_PY)
+    launch_log = webui / "launch-calls.log"
+    launch_log.write_text("")
+    # A1111's run_extension_installer: `"{python}" "{path_installer}"`, PYTHONPATH = webui root, cwd = webui root.
+    run_env = {**env, "PYTHONPATH": str(webui)}
 
-    freeze1 = freeze(py, env)
-    assert "torch" in freeze1, "the .pth layer did not expose the WebUI's packages"
-    missing = [n for n in ("prodigyopt", "lycoris-lora", "imagehash") if n not in freeze1]
-    if not set(inst.ONNXRUNTIME_DISTS) & set(freeze1):
-        missing.append("onnxruntime")  # or onnxruntime-gpu, by the WebUI's torch
+    def run_install_py():
+        t0 = time.perf_counter()
+        result = sh([py, ext / "install.py"], run_env, timeout=1200, cwd=webui)
+        return ok(result), result.stderr, time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    run1 = sh([py, INSTALL_PY], env, timeout=900, cwd=ROOT)
-    t_first = time.perf_counter() - t0
-    ok(run1)
+    before = freeze(py, env)
+    torch = pins(before)["torch"]
+    assert torch.startswith("2.13.0") and "+cu" not in torch, torch
+    assert {n: pins(before)[n] for n in WEBUI_PINS} == WEBUI_PINS
+    specs = [inst.PRODIGY_SPEC, inst.lycoris_spec(torch), inst.ONNXRUNTIME_SPEC, inst.IMAGEHASH_SPEC]
+    assert specs[1] == inst.LYCORIS_SPEC_NEW  # torch 2.13 >= 2.4
+
+    # The claim can fail: the same installs without the constraints would upgrade numpy.
+    report = tmp_path / "unconstrained.json"
+    ok(sh([*pip, "install", "-q", "--dry-run", "--report", report, *specs], env, timeout=900))
+    would = {inst.normalize(i["metadata"]["name"]): i["metadata"]["version"]
+             for i in json.loads(report.read_text())["install"]}
+    assert HELD_BACK in would and inst.release(would[HELD_BACK]) > inst.release(WEBUI_PINS[HELD_BACK]), would
+    assert freeze(py, env) == before  # a dry run
+
+    # First run: installs what is missing, through launch.run_pip, each call with the constraints.
+    out1, err1, t_first = run_install_py()
     calls1 = log.read_text().splitlines()
-    assert len(calls1) == len(missing), calls1
-    assert run1.stdout.splitlines() == [line for line in run1.stdout.splitlines() if line.startswith("Installing ")]
-    assert len(run1.stdout.splitlines()) == len(missing), run1.stdout
+    assert [shlex.split(c)[2] for c in calls1] == specs, calls1
     for call in calls1:
         words = shlex.split(call)
-        assert "-c" in words and not {"-U", "--upgrade"} & set(words), call
+        assert words[:2] == ["pip", "install"] and "-c" in words and not {"-U", "--upgrade"} & set(words), call
+    assert launch_log.read_text().splitlines() == [c[len("pip "):] for c in calls1]  # A1111's path, not the fallback
+    assert out1.splitlines() == [f"Installing {s} {inst.DESC_SUFFIX}" for s in specs] and err1 == "", (out1, err1)
 
-    freeze2 = freeze(py, env)
-    changed = {n: (v, freeze2.get(n)) for n, v in freeze1.items() if freeze2.get(n) != v}
-    assert not changed, f"install.py moved or removed installed packages: {changed}"
-    added = sorted(set(freeze2) - set(freeze1))
-    assert {m for m in missing if m != "onnxruntime"} <= set(added)
-    assert len(set(inst.ONNXRUNTIME_DISTS) & set(freeze2)) == 1, "never two onnxruntime builds"
-    assert sorted(os.listdir(dest_sp)) == dest_listing, "the WebUI venv was modified"
-    tmp_listing = " ".join(os.listdir(tmp_sp)).lower().replace("-", "_")
-    for name in added:  # every addition sits in the tmp layer
-        assert inst.normalize(name).replace("-", "_") in tmp_listing, name
+    after = freeze(py, env)
+    assert not before - after, f"install.py moved or removed installed packages: {sorted(before - after)}"
+    added = pins(after - before)
+    assert {"prodigyopt", "lycoris-lora", "onnxruntime", "imagehash"} <= added.keys(), sorted(added)
+    assert pins(after)[HELD_BACK] == WEBUI_PINS[HELD_BACK]  # held back from would[HELD_BACK]
+    assert (4, 1) <= inst.release(added["lycoris-lora"]) < (5,), added["lycoris-lora"]
+    assert (1, 1) <= inst.release(added["prodigyopt"]) < (2,)
+    assert (1, 17) <= inst.release(added["onnxruntime"]) < (2,)
+    assert (4, 3) <= inst.release(added["imagehash"]) < (5,)
+    assert len(set(inst.ONNXRUNTIME_DISTS) & set(pins(after))) == 1, "never two onnxruntime builds"
+    # No constraints file left in the checkout, no file made by an unquoted '<' or '>' in the shell.
+    assert sorted(p.name for p in ext.iterdir() if p.name != "__pycache__") == ["install.py"]
+    assert sorted(p.name for p in webui.iterdir() if p.name != "__pycache__") == [
+        "extensions", "launch-calls.log", "launch.py"]
 
-    torch_rel = inst.release(freeze1["torch"])
-    lyc_rel = inst.release(freeze2["lycoris-lora"])
-    if torch_rel >= (2, 4):
-        assert (4, 1) <= lyc_rel < (5,), freeze2["lycoris-lora"]
-    else:
-        assert (3, 3) <= lyc_rel < (4, 1), freeze2["lycoris-lora"]
-    assert (1, 1) <= inst.release(freeze2["prodigyopt"]) < (2,)
+    # What was added works with the held-back numpy.
+    probe = ("import numpy, prodigyopt, lycoris, onnxruntime, imagehash, PIL.Image as I; "
+             "im = I.new('L', (64, 64)); imagehash.phash(im); imagehash.whash(im); print(numpy.__version__)")
+    assert ok(sh([py, "-c", probe], env, timeout=600)).split()[-1] == WEBUI_PINS[HELD_BACK]
 
-    # It imports in the layered venv: lycoris from the tmp layer, torch from the WebUI's.
-    # (the e2e tier runs install.py in the WebUI venv itself, as A1111's launch does: then nothing is added)
-    where = ok(sh([py, "-c", "import prodigyopt, lycoris, torch; print(lycoris.__file__); print(torch.__file__)"],
-                  env, timeout=300)).split()
-    lycoris_home = tmp_sp if "lycoris-lora" in added else dest_sp
-    assert Path(where[0]).is_relative_to(lycoris_home) and Path(where[1]).is_relative_to(dest_sp), where
-
-    t0 = time.perf_counter()
-    run2 = sh([py, INSTALL_PY], env, cwd=ROOT)
-    t_second = time.perf_counter() - t0
-    ok(run2)
+    # Second run: no pip call at all, nothing printed, nothing moved, fast.
+    out2, err2, t_second = run_install_py()
     assert log.read_text().splitlines() == calls1, "the second run called pip"
-    assert (run2.stdout, run2.stderr) == ("", "")
-    assert t_second < 2.0, f"second run took {t_second:.2f} s"
-    print(f"\ninstall.py: first run {t_first:.1f} s ({len(calls1)} pip calls, added {added}), "
+    assert len(launch_log.read_text().splitlines()) == len(calls1)
+    assert (out2, err2) == ("", "")
+    assert freeze(py, env) == after
+    assert t_second < 5.0, f"second run took {t_second:.2f} s"
+    print(f"\ninstall.py: first run {t_first:.1f} s ({len(calls1)} pip calls, added {sorted(added)}), "
+          f"{HELD_BACK} held at {WEBUI_PINS[HELD_BACK]} (unconstrained: {would[HELD_BACK]}), "
           f"second run {t_second:.2f} s")
