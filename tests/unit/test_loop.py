@@ -146,13 +146,3 @@ def test_prodigy_rejects_unknown_args_naming_the_key(dataset):
     with pytest.raises(UserError) as e:
         run(config(dataset, optimizer_type="Prodigy", learning_rate=1.0, optimizer_args=["warmup=3"]))
     assert e.value.key == "optimizer_args"
-
-
-def test_warmup_and_cosine_schedule():
-    from lora_trainer.training.schedulers import lr_multiplier
-    assert lr_multiplier("constant_with_warmup", 0, 100, 10) == pytest.approx(0.1)
-    assert lr_multiplier("constant_with_warmup", 50, 100, 10) == 1.0
-    assert lr_multiplier("cosine", 10, 110, 10) == pytest.approx(1.0)
-    assert lr_multiplier("cosine", 60, 110, 10) == pytest.approx(0.5)
-    assert lr_multiplier("cosine", 110, 110, 10) == pytest.approx(0.0)
-    assert lr_multiplier("constant", 0, 100, 10) == 1.0
