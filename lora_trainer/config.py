@@ -17,7 +17,7 @@ OPTIMIZERS = ("AdamW", "Prodigy")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine")
 NETWORK_TYPES = ("lora", "locon")
 SAVE_PRECISIONS = ("fp16", "bf16", "float")
-MIXED_PRECISIONS = ("no", "fp16", "bf16")
+MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
 
 
 @dataclass
@@ -59,7 +59,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     min_snr_gamma: float | None = None
     noise_offset: float | None = None
-    mixed_precision: str = "fp16"         # effective precision is "no" on CPU
+    mixed_precision: str = "auto"         # auto: the WebUI's own (fp16/bf16 when it holds the UNet in half, else no)
+    full_bf16: bool = False               # the network itself in bf16 too (kohya; needs mixed_precision bf16)
+    full_fp16: bool = False               # kohya's option; refused with the reason (training/precision.py)
     gradient_checkpointing: bool = False
     clip_skip: int | None = None          # None: the WebUI's current "Clip skip" setting
     seed: int = 42
@@ -192,6 +194,10 @@ class TrainConfig:
              f"use one of {', '.join(SAVE_PRECISIONS)}")
         need(self.mixed_precision in MIXED_PRECISIONS, "mixed_precision", f"'{self.mixed_precision}' is unknown.",
              f"use one of {', '.join(MIXED_PRECISIONS)}")
+        need(not self.full_fp16, "full_fp16", "is not supported (fp16 master weights lose most LoRA updates).",
+             "use mixed_precision 'fp16' (fp32 master weights) or full_bf16")
+        need(not self.full_bf16 or self.mixed_precision in ("bf16", "auto"), "full_bf16",
+             f"needs mixed_precision 'bf16', not '{self.mixed_precision}' (as in kohya).", "set mixed_precision to 'bf16'")
         need(self.save_every_n_epochs >= 0, "save_every_n_epochs", "must be >= 0.", "use 0 to save only at the end")
         need(self.min_snr_gamma is None or self.min_snr_gamma >= 0, "min_snr_gamma", "must be >= 0.", "use 5, or leave unset")
         need(self.prior_loss_weight >= 0, "prior_loss_weight", "must be >= 0.", "use 1.0 (kohya's default)")

@@ -12,6 +12,16 @@ import contextlib
 import torch
 
 
+def autocast_probe(device_type: str):
+    """A call answering "is autocast on for this device?" on every torch: 2.1 has no device
+    argument (its plain form is CUDA only, CPU has its own function), 2.4+ deprecates those."""
+    try:
+        torch.is_autocast_enabled(device_type)
+        return lambda: torch.is_autocast_enabled(device_type)
+    except TypeError:
+        return torch.is_autocast_cpu_enabled if device_type == "cpu" else torch.is_autocast_enabled
+
+
 class NetworkModule(torch.nn.Module):
     """One adapter attached to one base Linear/Conv2d through a removable forward hook."""
 
@@ -32,7 +42,7 @@ class NetworkModule(torch.nn.Module):
 
     def _hook(self, module, inputs, output):
         x = inputs[0]
-        if x.dtype != self._dtype and not torch.is_autocast_enabled():
+        if x.dtype != self._dtype and not self._autocast_on():   # under autocast its own casts apply
             x = x.to(self._dtype)
         d = self.delta(x, self.multiplier * self.scale)
         if d.dtype != output.dtype:
@@ -41,7 +51,9 @@ class NetworkModule(torch.nn.Module):
 
     def attach(self, base: torch.nn.Module) -> None:
         self.detach()
-        self._dtype = next(self.parameters()).dtype   # looked up once, not on every forward
+        first = next(self.parameters())
+        self._dtype = first.dtype                     # looked up once, not on every forward
+        self._autocast_on = autocast_probe(first.device.type)
         self._handle = base.register_forward_hook(self._hook)
 
     def detach(self) -> None:

@@ -17,9 +17,11 @@ from ..dataset.captions import process_caption
 from ..dataset.latents import LatentCache
 from ..errors import TrainingStopped, UserError
 from ..networks.factory import build_network
+from .conditioning import CaptionConditioning
 from .loss import diffusion_loss
 from .noise import add_noise, sample_noise, sample_timesteps, training_target
 from .optimizers import describe_optimizer, make_optimizer
+from .precision import Precision, resolve_precision
 from .schedulers import make_scheduler
 
 
@@ -29,6 +31,8 @@ class Callbacks:
     stop_requested: callable = lambda: None       # None | "save" (Stop & Save) | "abort" (Interrupt)
     save: callable = lambda network, epoch, step, final, state: None   # -> file name
     fail_at_step: int | None = None                # test hook: raise inside the loop at this step
+
+MAX_SKIPPED_IN_A_ROW = 20                          # fp16 overflows: the loss scale is then 2^-4 of its start
 
 
 @dataclass
@@ -44,11 +48,14 @@ class TrainResult:
     eval_loss_end: float | None = None
     step_seconds: list = field(default_factory=list)
     network: object = None
+    mixed_precision: str = "no"                    # what ran (ss_mixed_precision)
+    skipped_steps: int = 0                         # fp16 steps GradScaler skipped (inf/NaN gradients)
 
 
-def train(cfg, model, scan, cb: Callbacks) -> TrainResult:
+def train(cfg, model, scan, cb: Callbacks, precision: Precision | None = None) -> TrainResult:
     t0 = time.time()
     device = model.device
+    precision = precision or resolve_precision(cfg, device, model.weight_dtype)   # refuse before any work
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     total_steps = scan.total_steps
@@ -65,28 +72,22 @@ def train(cfg, model, scan, cb: Callbacks) -> TrainResult:
     # 2. the network: new adapters hooked onto the model's layers (never merged into weights)
     with torch.random.fork_rng(devices=[]):        # deterministic init, WebUI's RNG untouched
         torch.manual_seed(cfg.seed)
-        network = build_network(cfg, model)
+        network = build_network(cfg, model).to(precision.param_dtype)   # fp32 masters unless full_bf16
     optimizer = make_optimizer(network, cfg)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
-    # fp16 forward (the WebUI's half model under its autocast) needs loss scaling; fp32 masters stay fp32
-    use_scaler = device.type == "cuda" and model.describe().get("mixed_precision") == "fp16"
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    scaler = precision.make_scaler()               # fp16 only: loss scaling, skips inf/NaN steps
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
 
-    # 3. captions: encoded once each when the text encoder is frozen and captions are fixed
-    cond_cache: dict = {}
+    # 3. captions: each encoded once when the text encoder is frozen and captions are fixed
+    fixed = CaptionConditioning(model, cache=not cfg.train_text_encoder)
+    varying = CaptionConditioning(model, cache=False)
 
     def conditioning(batch, shuffle=cfg.shuffle_caption):
         texts = [process_caption(item.caption, shuffle_caption=shuffle, keep_tokens=cfg.keep_tokens,
                                  keep_tokens_separator=cfg.keep_tokens_separator, rng=rng) for item, _ in batch]
         sizes = [item.bucket for item, _ in batch]
-        if cfg.train_text_encoder or shuffle:
-            return model.encode_captions(texts, sizes)
-        key = (tuple(texts), tuple(sizes))
-        if key not in cond_cache:
-            with torch.no_grad():
-                cond_cache[key] = model.encode_captions(texts, sizes)
-        return cond_cache[key]
+        with precision.autocast():
+            return (varying if shuffle else fixed)(texts, sizes)
 
     # a fixed-noise loss on a few images, before and after: a learning signal free of step noise
     distinct = _distinct(scan.items)
@@ -102,14 +103,15 @@ def train(cfg, model, scan, cb: Callbacks) -> TrainResult:
         losses = []
         for t_i, noise in zip(eval_t, eval_noise):
             t = t_i.repeat(eval_z.shape[0])
-            with model.autocast():
+            with precision.autocast():
                 pred = model.predict(add_noise(eval_z, noise, t, model.alphas_cumprod), t, model.cond_to(cond, device))
             target = training_target(eval_z, noise, t, model.alphas_cumprod, model.prediction_type)
             losses.append(float(diffusion_loss(pred, target, t, model.alphas_cumprod)))
         return sum(losses) / len(losses)
 
-    result = TrainResult(optimizer=describe_optimizer(optimizer, cfg), network=network)
-    step, epoch, running = 0, 0, None
+    result = TrainResult(optimizer=describe_optimizer(optimizer, cfg), network=network,
+                         mixed_precision=precision.name)
+    step, epoch, running, skipped_in_a_row = 0, 0, None, 0
     with network.attached(), model.gradient_checkpointing(cfg.gradient_checkpointing):
         result.eval_loss_start = fixed_noise_loss()
         for epoch in range(1, epochs + 1):
@@ -133,7 +135,7 @@ def train(cfg, model, scan, cb: Callbacks) -> TrainResult:
                 noise = sample_noise(z0, generator, cfg.noise_offset)
                 t = sample_timesteps(z0.shape[0], generator, device)
                 x_t = add_noise(z0, noise, t, model.alphas_cumprod)
-                with model.autocast():
+                with precision.autocast():
                     pred = model.predict(x_t, t, cond)
                 target = training_target(z0, noise, t, model.alphas_cumprod, model.prediction_type)
                 weights = None
@@ -142,23 +144,34 @@ def train(cfg, model, scan, cb: Callbacks) -> TrainResult:
                                            device=device)
                 loss = diffusion_loss(pred, target, t, model.alphas_cumprod, min_snr_gamma=cfg.min_snr_gamma,
                                       prediction_type=model.prediction_type, weights=weights)
-                if not torch.isfinite(loss):
-                    raise UserError(f"the loss became {loss.item()} at step {step + 1}; nothing of this step was applied.",
-                                    fix="lower learning_rate, use mixed_precision 'bf16' or 'no', or check the images")
+                if scaler is None and not torch.isfinite(loss):
+                    raise UserError(non_finite_message(loss, step, precision, batch), fix=non_finite_fix(precision, cfg))
                 loss_for_backward = loss / cfg.gradient_accumulation_steps
                 (scaler.scale(loss_for_backward) if scaler else loss_for_backward).backward()
 
                 if (i + 1) % cfg.gradient_accumulation_steps == 0 or i + 1 == len(batches):
+                    applied = True
                     if scaler:
                         scaler.unscale_(optimizer)
                     if cfg.max_grad_norm:
                         torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
                     if scaler:
-                        scaler.step(optimizer)
+                        scale = scaler.get_scale()
+                        scaler.step(optimizer)     # skipped when a gradient is inf/NaN ...
                         scaler.update()
+                        applied = scaler.get_scale() >= scale    # ... which lowers the scale
                     else:
                         optimizer.step()
-                    scheduler.step()
+                    if applied:
+                        scheduler.step()           # as accelerate: a skipped step does not advance the LR
+                        skipped_in_a_row = 0
+                    else:
+                        result.skipped_steps += 1
+                        skipped_in_a_row += 1
+                        if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                            raise UserError(f"fp16 overflowed on {skipped_in_a_row} steps in a row (last at step "
+                                            f"{step + 1}); the loss scaler skipped them all.",
+                                            fix=non_finite_fix(precision, cfg))
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
 
@@ -178,6 +191,24 @@ def train(cfg, model, scan, cb: Callbacks) -> TrainResult:
     result.seconds = time.time() - t0
     result.files.append(cb.save(network, epoch, step, final=True, state=result))
     return result
+
+
+def non_finite_message(loss, step, precision, batch) -> str:
+    names = ", ".join(sorted({str(item.path) for item, _ in batch}))
+    return (f"the loss became {loss.item()} at step {step + 1} (precision {precision.name}); nothing of this step "
+            f"was applied. The batch held: {names}.")
+
+
+def non_finite_fix(precision, cfg) -> str:
+    tips = [f"lower learning_rate (now {cfg.learning_rate:g})"]
+    if not cfg.max_grad_norm:
+        tips.append("set max_grad_norm 1.0")
+    if precision.name == "fp16":
+        tips.append("use mixed_precision 'bf16' (no overflow) or 'no'")
+    elif precision.name == "bf16":
+        tips.append("use mixed_precision 'no'" + (" (or full_bf16 off)" if precision.full else ""))
+    tips.append("check the images of that batch")
+    return ", ".join(tips)
 
 
 def _distinct(items):

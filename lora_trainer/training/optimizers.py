@@ -1,6 +1,8 @@
 """Optimizer factory by kohya's optimizer_type name."""
 from __future__ import annotations
 
+import functools
+
 from ..errors import ConfigError
 
 
@@ -12,6 +14,20 @@ def param_groups(network, cfg) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+@functools.lru_cache(maxsize=None)
+def fused_adamw_works(device_type: str, dtype) -> bool:
+    """Try one fused step on a scratch tensor: torch 2.1 builds a fused CPU AdamW and then fails
+    at its first step (no CPU kernel before 2.4), so construction alone proves nothing."""
+    import torch
+    try:
+        p = torch.zeros(2, device=device_type, dtype=dtype, requires_grad=True)
+        p.grad = torch.ones_like(p)
+        torch.optim.AdamW([p], lr=1e-3, fused=True).step()
+        return True
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return False
+
+
 def make_optimizer(network, cfg):
     groups = param_groups(network, cfg)
     kwargs = cfg.optimizer_kwargs()
@@ -19,10 +35,8 @@ def make_optimizer(network, cfg):
         import torch
         if "fused" not in kwargs and "foreach" not in kwargs:
             # hundreds of small tensors: the fused kernel (CPU since torch 2.4) is ~4x the default loop
-            try:
-                return torch.optim.AdamW(groups, lr=cfg.effective_unet_lr, fused=True, **kwargs)
-            except (RuntimeError, TypeError, ValueError):
-                kwargs["foreach"] = True
+            first = groups[0]["params"][0]
+            kwargs["fused" if fused_adamw_works(first.device.type, first.dtype) else "foreach"] = True
         try:
             return torch.optim.AdamW(groups, lr=cfg.effective_unet_lr, **kwargs)
         except TypeError as e:

@@ -37,12 +37,18 @@ def _config(body: dict, require_dir=True) -> TrainConfig:
 
 
 def scan(body: dict):
+    from modules import call_queue, shared
     from ..dataset.scan import scan_dataset
+    from .model import precision_report
     cfg = _config(body)
     try:
-        return scan_dataset(cfg).summary()
+        summary = scan_dataset(cfg).summary()
     except UserError as e:
         raise _user_error(e) from None
+    if shared.sd_model is not None:
+        with call_queue.queue_lock:     # reads the model's dtypes: not while it is being swapped
+            summary["precision"] = precision_report(cfg, shared.sd_model)
+    return summary
 
 
 def create_job(body: dict):
@@ -50,7 +56,7 @@ def create_job(body: dict):
     body = dict(body or {})
     debug = body.pop("debug", None) or {}
     cfg = _config(body)
-    job = JOBS.submit(cfg, fail_at_step=debug.get("fail_at_step"))
+    job = JOBS.submit(cfg, debug=debug)
     return {"id": job.id, "state": job.state}
 
 

@@ -43,10 +43,13 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     stop_mode: str | None = None     # "save" (Stop & Save) | "abort"
-    fail_at_step: int | None = None  # test hook, honoured only with LORA_TRAINER_ALLOW_DEBUG=1
+    fail_at_step: int | None = None  # test hooks, honoured only with LORA_TRAINER_ALLOW_DEBUG=1:
+    keep_merged_loras: bool = False  # skip the restore of a merged Lora (proves the hand-back test can fail)
     eval_loss_start: float | None = None   # loss on fixed noise/timesteps before and after training
     eval_loss_end: float | None = None
     step_seconds: list = field(default_factory=list)
+    mixed_precision: str | None = None     # what ran: no | fp16 | bf16
+    skipped_steps: int = 0                 # fp16 steps the loss scaler skipped
 
     @property
     def eta_s(self) -> float | None:
@@ -59,6 +62,7 @@ class Job:
                 "output_name": getattr(self.config, "output_name", ""), "losses": self.losses[-500:],
                 "eval_loss_start": self.eval_loss_start, "eval_loss_end": self.eval_loss_end,
                 "step_seconds": [round(s, 4) for s in self.step_seconds[-500:]],
+                "mixed_precision": self.mixed_precision, "skipped_steps": self.skipped_steps,
                 "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at}
 
 
@@ -73,10 +77,12 @@ class JobQueue:
         self._closing = False
 
     # -- public
-    def submit(self, config, fail_at_step=None, task_id=None) -> Job:
+    def submit(self, config, debug=None, task_id=None) -> Job:
         job = self._new_job(config, task_id)
-        if fail_at_step is not None and os.environ.get("LORA_TRAINER_ALLOW_DEBUG") == "1":
-            job.fail_at_step = int(fail_at_step)
+        debug = debug or {}
+        if debug and os.environ.get("LORA_TRAINER_ALLOW_DEBUG") == "1":
+            job.fail_at_step = None if debug.get("fail_at_step") is None else int(debug["fail_at_step"])
+            job.keep_merged_loras = bool(debug.get("keep_merged_loras"))
         self._pending.put(job)
         self._ensure_worker()
         return job
@@ -182,7 +188,7 @@ class JobQueue:
 
         state, error = "failed", None
         try:
-            with borrowed_model(job.config.train_text_encoder) as sd_model:
+            with borrowed_model(job.config.train_text_encoder, restore_merged=not job.keep_merged_loras) as sd_model:
                 model = WebUIModel(sd_model, job.config.clip_skip)
                 result = run_training(job.config, model, shared.cmd_opts.lora_dir, on_progress, stop_requested,
                                       on_file=job.files.append, fail_at_step=job.fail_at_step,
@@ -190,6 +196,7 @@ class JobQueue:
             state = result.state
             job.eval_loss_start, job.eval_loss_end = result.eval_loss_start, result.eval_loss_end
             job.step_seconds = result.step_seconds
+            job.mixed_precision, job.skipped_steps = result.mixed_precision, result.skipped_steps
         except TrainingStopped:
             state = "stopped"
         except UserError as e:

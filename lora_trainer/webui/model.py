@@ -24,6 +24,20 @@ def model_family(sd_model) -> str:
 
 
 @contextlib.contextmanager
+def engine_autocast():
+    """Let the engine's autocast (its `mixed_precision`) decide: A1111 wraps apply_model and its
+    text encoders in `devices.autocast()`, whose inner torch.autocast("cuda") would override a
+    bf16 choice with fp16. Restored after the call."""
+    from modules import devices
+    saved = devices.autocast
+    devices.autocast = lambda disable=False: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        devices.autocast = saved
+
+
+@contextlib.contextmanager
 def temp_opts(**values):
     """Set WebUI options for a moment; restores keys that were absent too (override_settings does not)."""
     from modules import shared
@@ -53,6 +67,8 @@ class WebUIModel:
         self.device = devices.device
         original = getattr(sd_model, "alphas_cumprod_original", sd_model.alphas_cumprod)
         self.alphas_cumprod = original.detach().to(self.device, torch.float32)
+        self.weight_dtype = compute_dtype_of(sd_model)
+        self._empty_chunk = None
         nrb = sd_model.model.diffusion_model.num_res_blocks
         self.num_res_blocks = int(nrb[0] if isinstance(nrb, (list, tuple)) else nrb)
         self.clip_skip = clip_skip if clip_skip is not None else int(shared.opts.data.get("CLIP_stop_at_last_layers", 1))
@@ -103,16 +119,28 @@ class WebUIModel:
         return buf.getvalue(), stats
 
     def encode_captions(self, captions: list[str], sizes):
-        from modules import devices
-        with temp_opts(CLIP_stop_at_last_layers=self.clip_skip), devices.autocast():
+        with temp_opts(CLIP_stop_at_last_layers=self.clip_skip), engine_autocast():
             cond = self.m.cond_stage_model(list(captions))
         return cond.float() if not torch.is_grad_enabled() else cond
 
-    def predict(self, x_t, t, cond):
-        return self.m.apply_model(x_t, t, cond)
+    def stack_conds(self, conds: list):
+        """One batch from captions encoded one by one. A caption of more 75-token chunks is
+        longer; the shorter ones get encoded empty chunks appended, as the WebUI's own batched
+        encoding pads them (each chunk goes through CLIP on its own, so the values agree)."""
+        longest = max(c.shape[1] for c in conds)
+        if any(c.shape[1] != longest for c in conds):
+            if self._empty_chunk is None:
+                with torch.no_grad():
+                    self._empty_chunk = self.encode_captions([""], [None]).float().cpu()
+            chunk = self._empty_chunk
+            conds = [c if c.shape[1] == longest else
+                     torch.cat([c] + [chunk.to(c.device, c.dtype)] * ((longest - c.shape[1]) // chunk.shape[1]), dim=1)
+                     for c in conds]
+        return torch.cat(conds, dim=0)
 
-    def autocast(self):
-        return contextlib.nullcontext()          # apply_model runs its own devices.autocast()
+    def predict(self, x_t, t, cond):
+        with engine_autocast():
+            return self.m.apply_model(x_t, t, cond)
 
     def cond_to(self, cond, device):
         return cond.to(device)
@@ -143,7 +171,7 @@ class WebUIModel:
 
     # -- identity, for metadata
     def describe(self) -> dict:
-        from modules import devices, sd_vae
+        from modules import sd_vae
         info = getattr(self.m, "sd_checkpoint_info", None)
         vae_file = getattr(sd_vae, "loaded_vae_file", None)
         return {
@@ -153,5 +181,45 @@ class WebUIModel:
             "vae_name": vae_file and __import__("os").path.basename(vae_file),
             "clip_skip": self.clip_skip,
             "v_parameterization": self.prediction_type == "v",
-            "mixed_precision": "fp16" if self.device.type == "cuda" and devices.dtype_unet == torch.float16 else "no",
         }
+
+
+def compute_dtype_of(sd_model):
+    """The dtype the WebUI computes its UNet in: its weights' dtype, or with fp8 weight storage
+    the dtype it casts them to for each layer (A1111: dtype_inference on GPU, bf16 on CPU)."""
+    from modules import devices
+    dtype = next(sd_model.model.diffusion_model.parameters()).dtype
+    if dtype.itemsize == 1:                      # float8_e4m3fn / e5m2 storage
+        inference = getattr(devices, "dtype_inference", torch.float16)
+        return inference if inference in (torch.float16, torch.bfloat16) else torch.bfloat16
+    return dtype
+
+
+def precision_report(cfg, sd_model) -> dict:
+    """The WebUI's own dtypes and what the run would use: shown in the scan before Start."""
+    from modules import devices, shared
+    from ..errors import UserError
+    from ..training.precision import dtype_name, resolve_precision
+
+    def dtype_of(module):
+        p = next(module.parameters(), None) if module is not None else None
+        return dtype_name(p.dtype) if p is not None else None
+    opts = shared.cmd_opts
+    report = {
+        "torch": torch.__version__, "device": devices.device.type,
+        "unet_dtype": dtype_of(sd_model.model.diffusion_model),
+        "vae_dtype": dtype_of(getattr(sd_model, "first_stage_model", None)),
+        "text_encoder_dtype": dtype_of(getattr(sd_model, "cond_stage_model", None)
+                                       or getattr(sd_model, "conditioner", None)),
+        "no_half": bool(getattr(opts, "no_half", False)), "no_half_vae": bool(getattr(opts, "no_half_vae", False)),
+        "upcast_sampling": bool(getattr(opts, "upcast_sampling", False)),
+        "fp8_storage": bool(getattr(devices, "fp8", False)),
+        "requested": cfg.mixed_precision,
+    }
+    try:
+        p = resolve_precision(cfg, devices.device, compute_dtype_of(sd_model))
+        report.update(mixed_precision=p.name, compute_dtype=dtype_name(p.compute_dtype or torch.float32),
+                      master_weights=dtype_name(p.param_dtype), loss_scaling=p.needs_scaler, error=None)
+    except UserError as e:
+        report.update(mixed_precision=None, error=e.as_dict())
+    return report

@@ -114,7 +114,7 @@ def current_model():
 
 
 @contextlib.contextmanager
-def borrowed_model(train_text_encoder: bool):
+def borrowed_model(train_text_encoder: bool, restore_merged: bool = True):
     from modules import devices, sd_unet, shared
     m = current_model()
     if getattr(m, "lowvram", False) and train_text_encoder:
@@ -125,7 +125,8 @@ def borrowed_model(train_text_encoder: bool):
     old_hypernetworks = shared.loaded_hypernetworks
     old_parallel = shared.parallel_processing_allowed
     old_unet_option = getattr(sd_unet, "current_unet_option", None)
-    clear_builtin_lora_state(m)
+    if restore_merged:
+        clear_builtin_lora_state(m)
     sd_unet.apply_unet("None")
     shared.loaded_hypernetworks = []
     for p, _ in requires_grad:

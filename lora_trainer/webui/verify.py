@@ -53,9 +53,15 @@ def verify_file(lora_dir: str, name: str, prompt: str = "a photo of sks", seed: 
         x = torch.randn((1, 4, 8, 8), generator=gen).to(model.device)
         t = torch.tensor([500], device=model.device)
 
-        def run():
-            cond = model.encode_captions([prompt], [(64, 64)]).float()
-            return cond, model.predict(x, t, cond.clone()).float()
+        from modules import devices
+        from ..config import TrainConfig
+        from ..training.precision import resolve_precision
+        precision = resolve_precision(TrainConfig(train_data_dir="-"), devices.device, model.weight_dtype)
+
+        def run():           # in the WebUI's own precision ("auto"), as its generation runs
+            with precision.autocast():
+                cond = model.encode_captions([prompt], [(64, 64)]).float()
+                return cond, model.predict(x, t, cond.clone()).float()
 
         base_cond, base_out = run()
         with ours.attached():
@@ -75,4 +81,7 @@ def verify_file(lora_dir: str, name: str, prompt: str = "a photo of sks", seed: 
         "max_abs_diff": float((our_out - their_out).abs().max()),
         "max_abs_diff_cond": float((our_cond - their_cond).abs().max()),
         "lora_effect": float((our_out - base_out).abs().max()),
+        "lora_effect_cond": float((our_cond - base_cond).abs().max()),   # 0 when no text-encoder module trained
+        "conv3x3_modules": len({k.partition(".")[0] for k, v in state.items()
+                                if k.endswith("lora_down.weight") and v.dim() == 4 and v.shape[-1] == 3}),
     }

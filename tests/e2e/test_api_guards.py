@@ -6,7 +6,7 @@ from .webui import WebUI
 
 
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory):
+def guarded(webui_environment, tmp_path_factory):
     server = WebUI(tmp_path_factory.mktemp("webui-guarded"), extra_args=["--api-auth", "tester:s3cret", "--lowvram"])
     server.auth = "tester:s3cret"
     server.start()

@@ -66,46 +66,88 @@ def test_parity_with_the_webuis_own_lora_application(webui, dataset, network):
     report = webui.post("/lora-trainer/v1/verify", {"file": f"{name}.safetensors"})
     assert report["unmatched_keys"] == [] and report["modules_unknown_to_trainer"] == []
     assert report["lora_effect"] > 1e-3            # the network does something ...
+    assert report["lora_effect_cond"] > 1e-3       # ... the text encoder's part too ...
     assert report["max_abs_diff"] <= 1e-5          # ... and the WebUI applies exactly that
     assert report["max_abs_diff_cond"] <= 1e-5
-    expected = 12 * 6 + (2 * 6 if network["network_type"] == "lora" else 0)
-    assert report["modules"] >= 84
+    # tiny-sd15, LoRA: 6 transformer blocks x (attn1/attn2 q k v out, ff x2, proj_in/out) + 2 CLIP layers x 6;
+    # LoCon adds the res/down/up blocks' convs, most of them 3x3
+    if network["network_type"] == "locon":
+        assert report["modules"] == 129 and report["conv3x3_modules"] >= 20, report
+    else:
+        assert report["modules"] == 6 * 12 + 2 * 6 and report["conv3x3_modules"] == 0, report
 
 
-def _fingerprint(webui):
-    png = webui.txt2img("sks square", seed=99, steps=4)
-    return webui.get("/lora-trainer/v1/model?weights_hash=true")["state_dict_sha256"], png
+def _weights(webui) -> str:
+    return webui.get("/lora-trainer/v1/model?weights_hash=true")["state_dict_sha256"]
 
 
-def _merge_a_lora(webui):
-    """Leave a LoRA merged into the weights, as any generation with <lora:...> does."""
-    webui.txt2img("sks square <lora:landing:1>", seed=1, steps=2)
+@pytest.fixture(scope="module")
+def lora_to_merge(webui, dataset):
+    """This module's own LoRA, for generations that leave it merged into the weights."""
+    job = webui.train({"train_data_dir": str(dataset), **TINY, "max_train_steps": 5, "learning_rate": 1e-2,
+                       "output_name": "handback_merge", "overwrite": True})
+    assert job["state"] == "finished", job
+    return "handback_merge"
 
 
-def test_model_is_handed_back_exactly_after_finished_stopped_and_failed_runs(webui, dataset):
-    before = _fingerprint(webui)
-    _merge_a_lora(webui)
-    base = {"train_data_dir": str(dataset), **TINY, "overwrite": True, "network_type": "locon", "conv_dim": 4}
+def _merged_state(webui, lora):
+    """Generate with and without the LoRA, then leave it merged; the weights' hash before any
+    further txt2img is what a run must hand back (a txt2img would itself restore the merge)."""
+    plain = webui.txt2img("sks square", seed=99, steps=4)
+    base = _weights(webui)
+    with_lora = webui.txt2img(f"sks square <lora:{lora}:1>", seed=99, steps=4)
+    assert _weights(webui) != base                  # the Lora extension really merged into the weights
+    return base, plain, with_lora
+
+
+def _assert_handed_back(webui, lora, base, plain, with_lora):
+    assert _weights(webui) == base                  # before any txt2img: our restore, not the WebUI's
+    assert webui.txt2img("sks square", seed=99, steps=4) == plain
+    assert webui.txt2img(f"sks square <lora:{lora}:1>", seed=99, steps=4) == with_lora
+
+
+def _wait_for_step(webui, job_id, n, timeout=300):
+    deadline = time.time() + timeout
+    while webui.get(f"/lora-trainer/v1/jobs/{job_id}")["step"] < n:
+        assert time.time() < deadline, f"job {job_id} did not reach step {n} in {timeout}s"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_model_is_handed_back_exactly_after_finished_stopped_and_failed_runs(webui, dataset, lora_to_merge, precision):
+    base = {"train_data_dir": str(dataset), **TINY, "overwrite": True, "network_type": "locon", "conv_dim": 4,
+            "mixed_precision": precision}
+    state = _merged_state(webui, lora_to_merge)
     finished = webui.train({**base, "output_name": "handback_ok", "max_train_steps": 20})
-    assert finished["state"] == "finished"
-    assert _fingerprint(webui) == before
+    assert finished["state"] == "finished" and finished["mixed_precision"] == precision, finished
+    _assert_handed_back(webui, lora_to_merge, *state)
 
-    _merge_a_lora(webui)
+    state = _merged_state(webui, lora_to_merge)
     job = webui.post("/lora-trainer/v1/jobs", {**base, "output_name": "handback_stop", "max_train_steps": 100000})
     webui.wait_job(job["id"], until=("running",), timeout=120)
-    while webui.get(f"/lora-trainer/v1/jobs/{job['id']}")["step"] < 3:
-        time.sleep(0.05)
+    _wait_for_step(webui, job["id"], 3)
     webui.post(f"/lora-trainer/v1/jobs/{job['id']}/stop")
     stopped = webui.wait_job(job["id"])
     assert stopped["state"] == "stopped" and stopped["files"] == ["handback_stop.safetensors"]
     assert 3 <= stopped["step"] < 100000
-    assert _fingerprint(webui) == before
+    _assert_handed_back(webui, lora_to_merge, *state)
 
-    _merge_a_lora(webui)
+    state = _merged_state(webui, lora_to_merge)
     failed = webui.train({**base, "output_name": "handback_fail", "max_train_steps": 50}, debug={"fail_at_step": 5})
     assert failed["state"] == "failed" and "injected failure" in failed["error"]
     assert not (webui.lora_dir / "handback_fail.safetensors").exists()
-    assert _fingerprint(webui) == before
+    _assert_handed_back(webui, lora_to_merge, *state)
+
+
+def test_the_handback_check_catches_a_run_that_skips_the_restore(webui, dataset, lora_to_merge):
+    """The same check on a run told (debug hook) not to restore the merged LoRA must fail."""
+    base_hash, plain, _ = _merged_state(webui, lora_to_merge)
+    job = webui.train({"train_data_dir": str(dataset), **TINY, "overwrite": True, "max_train_steps": 3,
+                       "output_name": "handback_unrestored"}, debug={"keep_merged_loras": True})
+    assert job["state"] == "finished", job
+    assert _weights(webui) != base_hash             # the merge is still in the weights: the check sees it
+    assert webui.txt2img("sks square", seed=99, steps=4) == plain     # (the WebUI's own restore, for the next test)
+    assert _weights(webui) == base_hash
 
 
 def test_txt2img_during_training_waits_and_is_unchanged(webui, dataset):

@@ -52,7 +52,7 @@ def undotted_webui_dir(webui_dir: Path, root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ui_webui(tmp_path_factory):
+def ui_webui(webui_environment, tmp_path_factory):
     reason = browser_missing_reason()
     if reason:
         pytest.skip(reason)

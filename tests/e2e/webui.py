@@ -21,15 +21,37 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def harness_dest() -> Path:
+def _cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+
+
+def default_dest() -> Path:
+    """The torch 2.13 harness: $WEBUI_DEST, $DEST, or ~/.cache/sd-webui-harness."""
     for var in ("WEBUI_DEST", "DEST"):
         if os.environ.get(var):
             return Path(os.environ[var])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sd-webui-harness"
+    return _cache() / "sd-webui-harness"
 
 
-def missing_reason() -> str | None:
-    dest = harness_dest()
+def torch21_dest() -> Path:
+    """The one with A1111's own pins (torch 2.1.2): $WEBUI_DEST_TORCH21 or ~/.cache/sd-webui-harness-torch21."""
+    return Path(os.environ.get("WEBUI_DEST_TORCH21") or _cache() / "sd-webui-harness-torch21")
+
+
+_ACTIVE: list[Path] = []
+
+
+def harness_dest() -> Path:
+    """The environment the e2e tier is running on now (conftest switches it per environment)."""
+    return _ACTIVE[-1] if _ACTIVE else default_dest()
+
+
+def activate(dest: Path) -> None:
+    _ACTIVE[:] = [dest]
+
+
+def missing_reason(dest: Path | None = None) -> str | None:
+    dest = dest or harness_dest()
     for rel in ("venv/bin/python", "stable-diffusion-webui/launch.py",
                 "stable-diffusion-webui/models/Stable-diffusion/tiny-sd15.safetensors"):
         if not (dest / rel).exists():
@@ -37,14 +59,22 @@ def missing_reason() -> str | None:
     return None
 
 
-_INSTALLER_RAN = False
+def environments() -> dict[str, Path]:
+    """Every assembled WebUI the e2e tier runs on, by a name that says its torch."""
+    found = {}
+    for name, dest in (("torch2.13", default_dest()), ("torch2.1.2", torch21_dest())):
+        if missing_reason(dest) is None and dest.resolve() not in {d.resolve() for d in found.values()}:
+            found[name] = dest
+    return found
+
+
+_INSTALLER_RAN: set = set()
 
 
 def run_extension_installer(dest: Path) -> None:
     """What A1111's launch does for an extension (skipped here by --skip-prepare-environment):
-    run our install.py with the WebUI's Python, once per test session. A no-op when all is there."""
-    global _INSTALLER_RAN
-    if _INSTALLER_RAN:
+    run our install.py with the WebUI's Python, once per environment and session. A no-op when all is there."""
+    if dest in _INSTALLER_RAN:
         return
     webui_dir = dest / "stable-diffusion-webui"
     env = dict(os.environ, PYTHONPATH=str(webui_dir))
@@ -52,7 +82,7 @@ def run_extension_installer(dest: Path) -> None:
                           capture_output=True, text=True, timeout=1200)
     if done.returncode != 0:
         raise RuntimeError(f"install.py failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    _INSTALLER_RAN = True
+    _INSTALLER_RAN.add(dest)
 
 
 def free_port() -> int:

@@ -68,6 +68,7 @@ class TinyUNet(nn.Module):
 
 class FakeModel:
     family, prediction_type, num_res_blocks = "sd1", "epsilon", 2
+    weight_dtype = torch.float32
 
     def __init__(self, seed=0):
         g = torch.Generator().manual_seed(seed)
@@ -96,13 +97,14 @@ class FakeModel:
         for text in captions:
             g = torch.Generator().manual_seed(zlib.crc32(text.encode()))
             rows.append(torch.randn(3, 8, generator=g))
+        self.encoded_captions = getattr(self, "encoded_captions", 0) + len(captions)
         return torch.stack(rows)
+
+    def stack_conds(self, conds):
+        return torch.cat(conds, dim=0)
 
     def predict(self, x_t, t, cond):
         return self.unet(x_t, t, cond)
-
-    def autocast(self):
-        return contextlib.nullcontext()
 
     def cond_to(self, cond, device):
         return cond.to(device)
