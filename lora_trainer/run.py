@@ -41,9 +41,11 @@ def run_training(cfg, model, lora_dir, on_progress, stop_requested, on_file=lamb
         run = RunInfo(
             session_id=session_id, training_started_at=started_at, training_finished_at=time.time(),
             epoch=epoch, steps=step, max_train_steps=scan.total_steps, num_train_images=scan.num_train_images,
-            num_batches_per_epoch=scan.steps_per_epoch * cfg.gradient_accumulation_steps, num_epochs=scan.epochs,
+            # kohya: len(train_dataloader) (one batch per bucket chunk, reg samples included), and the reg
+            # images x repeats before balancing; tag frequencies of the train and reg folders
+            num_batches_per_epoch=scan.batches_per_epoch, num_epochs=scan.epochs,
             tag_frequency=scan.tag_frequency, dataset_dirs=dataset_dirs(scan),
-            reg_dataset_dirs=dataset_dirs(scan, reg=True), num_reg_images=getattr(scan, "num_reg_images", 0),
+            reg_dataset_dirs=dataset_dirs(scan, reg=True), num_reg_images=scan.num_reg_images,
             prior_loss_weight=cfg.prior_loss_weight, bucket_info=bucket_info(scan, cfg),
             family=model.family, v_parameterization=model.prediction_type == "v",
             sd_model_name=info.get("sd_model_name"), sd_model_hash=info.get("sd_model_hash"),

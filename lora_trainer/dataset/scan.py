@@ -79,8 +79,9 @@ class DatasetScan:
     total_steps: int
     epochs: int
     num_train_images: int                # sum of images x repeats
-    tag_frequency: dict[str, dict[str, int]]  # subset folder name ("10_sks dog") -> {tag: count}
-    mean_ar_error: float
+    # folder name ("10_sks dog") -> {tag: count}, train and reg folders (kohya's ss_tag_frequency)
+    tag_frequency: dict[str, dict[str, int]]
+    mean_ar_error: float                 # mean |AR error| of the images trained (train + reg used), no repeats
     train_data_dir: str | None = None
     batches_per_epoch: int = 0
     batch_size: int = 1
@@ -90,7 +91,13 @@ class DatasetScan:
 
     @property
     def num_reg_images(self) -> int:
-        """Reg samples per epoch (kohya: as many as train samples)."""
+        """kohya's num_reg_images (ss_num_reg_images): reg images x repeats of the reg folders, counted
+        before balancing (DreamBoothDataset adds num_repeats * len(img_paths) per reg subset)."""
+        return sum(s.repeats * s.image_count for s in self.reg_subsets)
+
+    @property
+    def reg_samples_per_epoch(self) -> int:
+        """Reg samples trained per epoch after balancing (kohya: as many as the train samples)."""
         return sum(item.repeats for item in self.items if item.is_reg)
 
     @property
@@ -135,6 +142,7 @@ class DatasetScan:
             "reg_folders": [{"dir": s.dir, "folder": s.folder, "name": s.name, "repeats": s.repeats,
                              "images": s.image_count} for s in self.reg_subsets],
             "num_reg_images": self.num_reg_images,
+            "reg_samples_per_epoch": self.reg_samples_per_epoch,
         }
 
 
@@ -466,13 +474,19 @@ def scan_dataset(cfg) -> DatasetScan:
     reg_root, reg_items, reg_subsets = None, [], []
     if str(getattr(cfg, "reg_data_dir", "") or "").strip():
         reg_root = _root(cfg, problems, "reg_data_dir")
-        found, reg_subsets, _, _, _ = _scan_folders(reg_root, manager, caption_extension, separator, problems)
+        found, reg_subsets, reg_ar_errors, reg_frequencies, _ = _scan_folders(
+            reg_root, manager, caption_extension, separator, problems)
+        for folder, counts in reg_frequencies.items():  # kohya keys by folder name: same names add up
+            merged = frequencies.setdefault(folder, {})
+            for tag, count in counts.items():
+                merged[tag] = merged.get(tag, 0) + count
         if reg_root is not None and not found:
             problems.append(Problem(str(reg_root), "reg_data_dir has no usable images in N_name folders; "
                                     "training goes on without regularization images.",
                                     "Point it at the parent of folders like 1_person, or clear it.", "warning",
                                     "reg_data_dir"))
         reg_items = balance_reg_items(found, num_train)
+        ar_errors = ar_errors + reg_ar_errors[:len(reg_items)]  # kohya buckets the reg images it registered
         if len(reg_items) < len(found):
             problems.append(Problem(str(reg_root), f"Only {len(reg_items)} of {len(found)} regularization images "
                                     f"are used: kohya uses as many reg samples as training samples ({num_train}).",

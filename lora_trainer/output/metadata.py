@@ -53,12 +53,12 @@ class RunInfo:
     steps: int = 0
     max_train_steps: int = 0
     num_train_images: int = 0          # images × repeats, as kohya counts them
-    num_batches_per_epoch: int = 0
+    num_batches_per_epoch: int = 0      # kohya: len(train_dataloader) = sum over buckets of ceil(samples / batch)
     num_epochs: int = 0
-    tag_frequency: dict = field(default_factory=dict)   # {dir: {tag: count}}
+    tag_frequency: dict = field(default_factory=dict)   # {dir: {tag: count}}, train AND reg folders (kohya)
     dataset_dirs: dict = field(default_factory=dict)    # {dir: {"n_repeats": n, "img_count": m}}
     reg_dataset_dirs: dict = field(default_factory=dict)
-    num_reg_images: int = 0
+    num_reg_images: int = 0             # reg images × repeats BEFORE balancing (kohya's DreamBoothDataset)
     prior_loss_weight: float = 1.0
     bucket_info: Optional[dict] = None  # {"buckets": {i: {"resolution": [w, h], "count": n}}, "mean_img_ar_error": x}
     family: str = "sd1"                 # "sd1" | "sd2" | "sdxl"

@@ -425,10 +425,12 @@ def test_reg_images_are_balanced_to_the_train_samples_like_kohya(tmp_path):
     scan = scan_dataset(reg_cfg(tmp_path / "train", tmp_path / "reg"))
     reg = [i for i in scan.items if i.is_reg]
     # first pass 1+1+1, then one more each round-robin until 20 (= 2 images x 10 repeats)
-    assert [i.repeats for i in reg] == [7, 7, 6] and scan.num_reg_images == 20
+    assert [i.repeats for i in reg] == [7, 7, 6] and scan.reg_samples_per_epoch == 20
+    assert scan.num_reg_images == 3                      # kohya's count: before balancing (3 images x 1)
     assert scan.num_train_images == 20 and scan.steps_per_epoch == 40
     s = scan.summary()
-    assert s["num_reg_images"] == 20 and s["reg_folders"][0]["folder"] == "1_dog" and s["ok"]
+    assert s["reg_samples_per_epoch"] == 20 and s["num_reg_images"] == 3
+    assert s["reg_folders"][0]["folder"] == "1_dog" and s["ok"]
     assert all(i.caption == "dog" for i in reg)          # folder caption, as kohya's class tokens
 
 
