@@ -2,7 +2,7 @@
 
 The module list comes from tests/fixtures/sd15_full_modules.json (a full-size A1111 ldm UNet
 and CLIP-L, see capture_sd15_modules.py); the expected names and shapes are those of the
-kohya sd-scripts fixtures in /work/shared/fixtures/kohya.
+kohya sd-scripts fixtures in ../shared/fixtures/kohya (a missing fixture fails, see kohya_fixtures.py).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from lora_trainer.networks.targets import (
     ModuleInfo, select_text_encoder_targets, select_unet_targets,
 )
 
+from .kohya_fixtures import kohya_fixture
+
 ROOT = Path(__file__).resolve().parents[2]
 MODULES_JSON = ROOT / "tests" / "fixtures" / "sd15_full_modules.json"
-KOHYA = Path(os.environ.get("KOHYA_FIXTURES", "/work/shared/fixtures/kohya"))
 A1111_NETWORKS_PY = Path(os.path.expanduser(
     "~/.cache/sd-webui-harness/stable-diffusion-webui/extensions-builtin/Lora/networks.py"))
 RANK = 2  # the fixtures were trained with network_dim 2 / conv_dim 2
@@ -38,9 +39,7 @@ def sd15():
 
 def kohya_modules(run: str) -> dict[str, dict[str, list[int]]]:
     """{module name: {"lora_down.weight": shape, "lora_up.weight": shape, "alpha": []}}."""
-    path = KOHYA / f"{run}.keys.tsv"
-    if not path.exists():
-        pytest.skip(f"kohya fixture {path} not present")
+    path = kohya_fixture(f"{run}.keys.tsv")
     modules: dict[str, dict[str, list[int]]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         key, shape, _dtype = line.split("\t")

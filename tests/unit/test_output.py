@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from lora_trainer.errors import UserError
 from lora_trainer.output import card, hashes, metadata, save
 
-KOHYA = Path(os.environ.get("KOHYA_FIXTURES", "/work/shared/fixtures/kohya"))
+from .kohya_fixtures import kohya_fixture
+
 A1111_HASHES_PY = Path(os.path.expanduser(
     "~/.cache/sd-webui-harness/stable-diffusion-webui/modules/hashes.py"))
 RUNS = ["sd15_lora_te_unet", "sd15_locon", "sdxl_lora_te_unet", "sdxl_locon"]
@@ -28,10 +29,7 @@ NOT_COMPARABLE = {"ss_session_id", "ss_training_started_at", "ss_training_finish
 
 
 def kohya_json(run):
-    path = KOHYA / f"{run}.metadata.json"
-    if not path.exists():
-        pytest.skip(f"kohya fixture {path} not present")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(kohya_fixture(f"{run}.metadata.json").read_text(encoding="utf-8"))
 
 
 def file_metadata(path) -> dict:
@@ -115,9 +113,7 @@ def test_metadata_has_exactly_kohyas_keys_and_values(run):
 
 
 def test_metadata_value_types_match_kohyas_with_other_settings():
-    real = KOHYA / "sd15_locon.safetensors"  # real ids and timestamps, not placeholders
-    if not real.exists():
-        pytest.skip(f"{real} not present")
+    real = kohya_fixture("sd15_locon.safetensors")  # real ids and timestamps, not placeholders
     ref = file_metadata(real)
     cfg = kohya_like_cfg("sd15_locon", network_dim=16, network_alpha=8, unet_lr=2e-4, text_encoder_lr=5e-5,
                          enable_bucket=True, min_bucket_reso=320, max_bucket_reso=768, seed=42,
@@ -188,9 +184,7 @@ def a1111_addnet_hash(path) -> str:
 
 @pytest.mark.parametrize("run", RUNS)
 def test_hashes_reproduce_kohya_fixture_files(run):
-    path = KOHYA / f"{run}.safetensors"
-    if not path.exists():
-        pytest.skip(f"{path} not present")
+    path = kohya_fixture(f"{run}.safetensors")
     stored = file_metadata(path)
     assert hashes.addnet_hash_file(path) == stored["sshs_model_hash"]
     model_hash, legacy_hash = hashes.model_hashes(load_file(path), hashes.ss_only(stored))
