@@ -51,8 +51,12 @@ def test_conv3x3_locon_delta_matches_merged_conv_and_kohya_shapes():
     x = torch.randn(1, 4, 9, 9)
     with net.attached():
         y = base(x)
-    merged = torch.nn.functional.conv2d(x, base.weight + lora.weight_delta(), base.bias, stride=2, padding=1)
+    # kohya's merge of a 3x3 LoRA: W + (up[:, :, 0, 0] @ down.flatten(1)).reshape(W.shape) * alpha / dim
+    up, down = tensors["lora_up.weight"].float(), tensors["lora_down.weight"].float()
+    hand_delta = torch.einsum("or,rikl->oikl", up[:, :, 0, 0], down) * (1 / 2)
+    merged = torch.nn.functional.conv2d(x, base.weight + hand_delta, base.bias, stride=2, padding=1)
     torch.testing.assert_close(y, merged, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lora.weight_delta(), hand_delta, rtol=1e-5, atol=1e-6)
 
 
 def test_pointwise_conv_delta_matches_merged_conv_and_its_gradients():
@@ -72,7 +76,7 @@ def test_pointwise_conv_delta_matches_merged_conv_and_its_gradients():
     x.grad = None
     down, up = lora.lora_down.detach().requires_grad_(), lora.lora_up.detach().requires_grad_()
     h = torch.nn.functional.conv2d(x, down)
-    ref = base(x) + torch.nn.functional.conv2d(h, up) * lora.scale
+    ref = base(x) + torch.nn.functional.conv2d(h, up) * (1.5 / 3)      # alpha / dim
     ref.square().sum().backward()
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads, (x.grad, down.grad, up.grad)):

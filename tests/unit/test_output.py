@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import safetensors.torch
 from safetensors.torch import load_file
 
 from lora_trainer.errors import UserError
@@ -210,10 +211,13 @@ def test_saved_file_hashes_match_addnet_and_a1111(tmp_path):
     on_disk = file_metadata(out)
     assert on_disk == written
     assert written["sshs_model_hash"] == hashes.addnet_hash_file(out) == a1111_addnet_hash(out)
-    # the legacy hash is over the ss_*-only serialisation of the saved tensors (kohya's recipe)
-    again = hashes.model_hashes(load_file(out), hashes.ss_only(on_disk))
-    assert again == (written["sshs_model_hash"], written["sshs_legacy_hash"])
-    assert written["sshs_legacy_hash"] != hashlib.sha256(b"").hexdigest()[:8]
+    # kohya's precalculate_safetensors_hashes, written out: safetensors.torch.save of the saved tensors with
+    # only the ss_* metadata; model hash = sha256 after the header, legacy = sha256 of 0x100000..0x10FFFF, 8 hex
+    serialised = safetensors.torch.save(load_file(out), {k: v for k, v in on_disk.items() if k.startswith("ss_")})
+    header = 8 + int.from_bytes(serialised[:8], "little")
+    assert written["sshs_model_hash"] == hashlib.sha256(serialised[header:]).hexdigest()
+    assert written["sshs_legacy_hash"] == hashlib.sha256(serialised[0x100000:0x110000]).hexdigest()[:8]
+    assert len(serialised) > 0x110000 and written["sshs_legacy_hash"] != hashlib.sha256(b"").hexdigest()[:8]
     assert {k: v for k, v in written.items() if not k.startswith("sshs_")} == md
 
 

@@ -121,3 +121,45 @@ def test_reg_folder_with_a_train_folders_name_adds_to_its_tag_counts(tmp_path):
     image(tmp_path / "reg" / "1_dog" / "r.png", (128, 128), "dog, sofa")
     scan = scan_dataset(cfg(tmp_path))
     assert scan.tag_frequency == {"1_dog": {"dog": 2, "grass": 1, "sofa": 1}}
+
+
+# ---------------------------------------------------------------- against a real kohya run
+
+# the keys a run derives from its dataset and settings (the rest is checked in test_output.py)
+RUN_KEYS = ["ss_num_train_images", "ss_num_reg_images", "ss_num_batches_per_epoch", "ss_num_epochs",
+            "ss_max_train_steps", "ss_steps", "ss_epoch", "ss_dataset_dirs", "ss_reg_dataset_dirs",
+            "ss_tag_frequency", "ss_bucket_info", "ss_resolution", "ss_enable_bucket", "ss_min_bucket_reso",
+            "ss_max_bucket_reso", "ss_batch_size_per_device", "ss_total_batch_size",
+            "ss_gradient_accumulation_steps", "ss_prior_loss_weight", "ss_learning_rate", "ss_seed",
+            "ss_lr_scheduler", "ss_lr_warmup_steps", "ss_output_name", "ss_cache_latents", "ss_flip_aug",
+            "ss_shuffle_caption", "ss_keep_tokens", "ss_network_dim", "ss_network_alpha", "ss_mixed_precision",
+            "modelspec.resolution", "modelspec.title"]
+
+
+def test_a_run_on_kohyas_fixture_dataset_writes_kohyas_values(tmp_path):
+    """The kohya fixture run (sd15_lora_te_unet.args.txt): 8 images at 256x256 in `10_sks shape` with .txt
+    captions, batch 1, no buckets, max_train_steps 1. The same dataset and settings through our scan,
+    loop and run_training give the values kohya wrote."""
+    from .kohya_fixtures import kohya_fixture
+
+    ref = json.loads(kohya_fixture("sd15_lora_te_unet.metadata.json").read_text(encoding="utf-8"))
+    tags = json.loads(ref["ss_tag_frequency"])["10_sks shape"]
+    sentences = [tag for tag, count in tags.items() if count == 1]
+    assert tags["sks shape"] == 8 and len(sentences) == 8
+    for i, sentence in enumerate(sentences):
+        image(tmp_path / "train" / "10_sks shape" / f"{i}.png", (256, 256), f"sks shape, {sentence}")
+    lora_dir = tmp_path / "Lora"
+    lora_dir.mkdir()
+    config = TrainConfig.from_dict({
+        "train_data_dir": str(tmp_path / "train"), "caption_extension": ".txt", "train_batch_size": 1,
+        "learning_rate": 1e-4, "lr_scheduler": "constant", "optimizer_type": "AdamW", "mixed_precision": "no", "output_name": "sd15_lora_te_unet",
+        "seed": 1, "network_dim": 2, "network_alpha": 1, "resolution": "256", "enable_bucket": False,
+        "max_train_steps": 1, "network_train_unet_only": True})
+    run_training(config, FakeModel(), str(lora_dir), lambda **kw: None, lambda: None)
+    with safe_open(str(lora_dir / "sd15_lora_te_unet.safetensors"), "pt") as f:
+        ours = f.metadata()
+    for key in RUN_KEYS:
+        if ref[key].startswith(("{", "[")) or ref[key] == "null":
+            assert json.loads(ours[key]) == json.loads(ref[key]), key
+        else:
+            assert ours[key] == ref[key], (key, ours[key], ref[key])
