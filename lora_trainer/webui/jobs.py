@@ -161,7 +161,7 @@ class JobQueue:
         from modules import shared
         from ..run import run_training
         from .model import WebUIModel
-        from .session import borrowed_model, refresh_lora_list
+        from .session import borrowed_model, refresh_lora_list, release_memory
         if job.state != "queued":
             return
         self.current = job
@@ -193,6 +193,7 @@ class JobQueue:
                 result = run_training(job.config, model, shared.cmd_opts.lora_dir, on_progress, stop_requested,
                                       on_file=job.files.append, fail_at_step=job.fail_at_step,
                                       on_problems=lambda p: job.problems.extend(p))
+                result.network = None      # saved already: let the hand-back free its memory
             state = result.state
             job.eval_loss_start, job.eval_loss_end = result.eval_loss_start, result.eval_loss_end
             job.step_seconds = result.step_seconds
@@ -210,6 +211,7 @@ class JobQueue:
                 refresh_lora_list()
             except Exception:  # the list refreshes again on the Lora tab's button; the run's outcome stands
                 traceback.print_exc()
+            release_memory()   # again: after a failure the traceback held the run's tensors until here
             # the end state last: a client that sees it finds the new files in /sdapi/v1/loras
             job.error, job.finished_at, job.state = error, time.time(), state
 

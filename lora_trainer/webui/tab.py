@@ -5,7 +5,7 @@ import html
 
 import gradio as gr
 
-from ..config import OPTIMIZERS, SAVE_PRECISIONS, SCHEDULERS, TrainConfig
+from ..config import MIXED_PRECISIONS, OPTIMIZERS, SAVE_PRECISIONS, SCHEDULERS, TrainConfig
 from ..errors import UserError
 
 D = TrainConfig()
@@ -61,6 +61,10 @@ def _form():
             f["clip_skip"] = gr.Textbox(value="", label="clip_skip (empty: the WebUI's setting)", elem_id="lt_clip_skip")
             f["save_precision"] = gr.Dropdown(list(SAVE_PRECISIONS), value=D.save_precision, label="save_precision", elem_id="lt_save_precision")
             f["gradient_checkpointing"] = gr.Checkbox(value=D.gradient_checkpointing, label="gradient_checkpointing", elem_id="lt_gradient_checkpointing")
+        with gr.Row():
+            f["mixed_precision"] = gr.Dropdown(list(MIXED_PRECISIONS), value=D.mixed_precision, elem_id="lt_mixed_precision",
+                                               label="mixed_precision (auto: the WebUI's own; the scan shows what runs)")
+            f["full_bf16"] = gr.Checkbox(value=D.full_bf16, label="full_bf16 (network in bf16 too)", elem_id="lt_full_bf16")
             f["overwrite"] = gr.Checkbox(value=D.overwrite, label="Overwrite existing files", elem_id="lt_overwrite")
     return f
 
@@ -96,12 +100,26 @@ def scan_summary_html(summary: dict) -> str:
     return (f"<div class='lt-scan'><table><tr><th>folder</th><th>repeats</th><th>images</th><th>captions</th>"
             f"<th>missing</th></tr>{rows}</table>"
             f"<p>Images × repeats: <b>{summary.get('num_train_images', 0)}</b> · buckets: {html.escape(buckets)}</p>"
-            + (f"<p>Regularization: <b>{summary['num_reg_images']}</b> samples per epoch from "
+            + (f"<p>Regularization: <b>{summary['reg_samples_per_epoch']}</b> samples per epoch from "
                f"{html.escape(', '.join(f['folder'] for f in summary.get('reg_folders', [])))}</p>"
-               if summary.get("num_reg_images") else "")
+               if summary.get("reg_samples_per_epoch") else "")
+            + precision_html(summary.get("precision"))
             + f"<p id='lt_step_count'>Steps per epoch: <b>{summary.get('steps_per_epoch', 0)}</b> · "
             f"total: <b>{summary.get('total_steps', 0)}</b></p>"
             + (f"<ul class='lt-problems'>{problems}</ul>" if problems else "<p>No problems found.</p>") + "</div>")
+
+
+def precision_html(report: dict | None) -> str:
+    if not report:
+        return ""
+    webui = (f"the WebUI holds the UNet in {report['unet_dtype']} (VAE {report['vae_dtype']}, text encoder "
+             f"{report['text_encoder_dtype']}{', fp8 storage' if report['fp8_storage'] else ''}"
+             f"{', --no-half' if report['no_half'] else ''}{', --upcast-sampling' if report['upcast_sampling'] else ''})")
+    if report.get("error"):
+        return f"<p class='lt-error' id='lt_precision'>Precision: {html.escape(report['error']['text'])} ({webui})</p>"
+    scaling = ", loss scaling" if report.get("loss_scaling") else ""
+    return (f"<p id='lt_precision'>Precision: <b>{report['mixed_precision']}</b> — computes in {report['compute_dtype']}, "
+            f"master weights {report['master_weights']}{scaling}; {webui}.</p>")
 
 
 def prompt_text(name: str, weight: float, trigger_words: str) -> str:
@@ -135,11 +153,16 @@ def _train_ui(wrap_gradio_gpu_call, infotext_utils, JOBS):
     inputs = [fields[k] for k in keys]
 
     def do_scan(*values):
+        from modules import shared
         from ..dataset.scan import scan_dataset
+        from .model import precision_report
         try:
-            summary = scan_dataset(form_to_config(keys, values)).summary()
+            cfg = form_to_config(keys, values)
+            summary = scan_dataset(cfg).summary()
         except UserError as e:
             return _error_html(e), None
+        if shared.sd_model is not None:
+            summary["precision"] = precision_report(cfg, shared.sd_model)
         return scan_summary_html(summary), summary["buckets"]
 
     def do_train(task, *values):

@@ -176,14 +176,15 @@ def test_upload_reg_images_upscale_and_three_captions(webui, tmp_path):
     tiny = {"resolution": "64", "min_bucket_reso": 64, "max_bucket_reso": 128, "network_dim": 2}
     scan = webui.post(f"{API}/scan", {"train_data_dir": built["train_data_dir"],
                                       "reg_data_dir": job["result"]["reg_data_dir"], **tiny})
-    assert scan["num_train_images"] == 4 and scan["num_reg_images"] == 4 and scan["steps_per_epoch"] == 8
+    assert scan["num_train_images"] == 4 and scan["steps_per_epoch"] == 8
+    assert scan["num_reg_images"] == 3 and scan["reg_samples_per_epoch"] == 4   # kohya's count, before balancing
     trained = webui.train({"train_data_dir": built["train_data_dir"], "reg_data_dir": job["result"]["reg_data_dir"],
                            "prior_loss_weight": 0.5, "max_train_steps": 3, "output_name": "with_reg", **tiny})
     assert trained["state"] == "finished", trained
     from safetensors import safe_open
     with safe_open(str(webui.lora_dir / "with_reg.safetensors"), "pt") as f:
         meta = f.metadata()
-    assert meta["ss_num_reg_images"] == "4" and meta["ss_prior_loss_weight"] == "0.5"
+    assert meta["ss_num_reg_images"] == "3" and meta["ss_prior_loss_weight"] == "0.5"
     assert json.loads(meta["ss_reg_dataset_dirs"]) == {"1_square": {"n_repeats": 1, "img_count": 3}}
 
     for i in range(2):
