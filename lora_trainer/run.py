@@ -52,7 +52,7 @@ def run_training(cfg, model, lora_dir, on_progress, stop_requested, on_file=lamb
             new_sd_model_hash=info.get("new_sd_model_hash"), vae_name=info.get("vae_name"),
             vae_hash=info.get("vae_hash"), new_vae_hash=info.get("new_vae_hash"), clip_skip=info.get("clip_skip"),
             optimizer=state.optimizer,
-            mixed_precision=getattr(state, "mixed_precision", None) or info.get("mixed_precision", "no"),
+            mixed_precision=state.mixed_precision,
             network_args=cfg.network_args(), resolution=cfg.resolution_wh, trigger_words=cfg.trigger_words,
             gradient_checkpointing=cfg.gradient_checkpointing, cache_latents=True)
         metadata = build_metadata(cfg, run, file_stem=path.stem)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from safetensors import safe_open
 
 from .datasets import red_square_set
 
@@ -36,6 +37,8 @@ def test_bf16_trains_and_the_webui_applies_the_file_exactly(webui, dataset):
     job, report = _train_and_verify(webui, dataset, "precision_bf16", mixed_precision="bf16")
     assert job["state"] == "finished" and job["mixed_precision"] == "bf16", job
     assert job["eval_loss_end"] < job["eval_loss_start"]
+    with safe_open(str(webui.lora_dir / "precision_bf16.safetensors"), "pt") as f:
+        assert f.metadata()["ss_mixed_precision"] == "bf16"
     assert report["lora_effect"] > 1e-3 and report["lora_effect_cond"] > 1e-3
     assert report["max_abs_diff"] <= 1e-5 and report["max_abs_diff_cond"] <= 1e-5 and report["unmatched_keys"] == []
 

@@ -264,3 +264,12 @@ def test_stacked_cached_captions_equal_the_batched_encoding():
     cached = CaptionConditioning(model, cache=True)(texts, sizes)
     assert torch.equal(cached, model.encode_captions(texts, sizes))
     assert len(CaptionConditioning(model, cache=True).store) == 0
+
+
+def test_the_file_records_the_precision_that_ran(dataset, tmp_path):
+    from safetensors import safe_open
+    from lora_trainer.run import run_training
+    cfg = cfg_of(dataset, mixed_precision="bf16", output_name="bf16run", max_train_steps=2)
+    run_training(cfg, FakeModel(), str(tmp_path), lambda **kw: None, lambda: None)
+    with safe_open(str(tmp_path / "bf16run.safetensors"), "pt") as f:
+        assert f.metadata()["ss_mixed_precision"] == "bf16"
