@@ -175,11 +175,11 @@ def _run_bare(body: dict) -> dict:
             from lora_trainer.config import TrainConfig
             from lora_trainer.networks.factory import build_network
             from lora_trainer.training.optimizers import make_optimizer
-            from lora_trainer.webui.model import WebUIModel
+            from lora_trainer.webui.models import adapter_for
             from lora_trainer.webui.session import borrowed_model
 
             with borrowed_model("lora_te" in modes) as sd_model:      # freezes every base weight
-                model = WebUIModel(sd_model)
+                model = adapter_for(sd_model)
                 with torch.no_grad():
                     cached = model.encode_captions([caption] * batch, sizes)
                 steps = {"bare": bare_step}

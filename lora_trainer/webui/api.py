@@ -39,7 +39,7 @@ def _config(body: dict, require_dir=True) -> TrainConfig:
 def scan(body: dict):
     from modules import call_queue, shared
     from ..dataset.scan import scan_dataset
-    from .model import precision_report
+    from .models.common import precision_report
     cfg = _config(body)
     try:
         summary = scan_dataset(cfg).summary()
@@ -97,7 +97,7 @@ def verify(body: dict):
 def model_info(weights_hash: bool = False):
     """The loaded checkpoint; with weights_hash=true also a sha256 over its whole state dict."""
     from modules import call_queue, shared
-    from .model import model_family
+    from .models.common import model_family
     from .session import state_dict_sha256
     with call_queue.queue_lock:
         m = shared.sd_model
@@ -116,13 +116,13 @@ def vae_roundtrip(body: dict):
     from fastapi import HTTPException
     from modules import call_queue, shared
     from PIL import Image
-    from .model import WebUIModel
+    from .models import adapter_for
     try:
         image = Image.open(io.BytesIO(base64.b64decode(str((body or {}).get("image", "")).split(",")[-1]))).convert("RGB")
     except Exception:
         raise HTTPException(422, detail={"message": "image is not a base64 PNG/JPEG.", "key": "image"}) from None
     with call_queue.queue_lock:
-        png, stats = WebUIModel(shared.sd_model).roundtrip(image)
+        png, stats = adapter_for(shared.sd_model).roundtrip(image)
     return {"image": base64.b64encode(png).decode(), **stats}
 
 

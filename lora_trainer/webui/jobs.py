@@ -160,7 +160,7 @@ class JobQueue:
         """Runs one job; the caller holds queue_lock and has called shared.state.begin()."""
         from modules import shared
         from ..run import run_training
-        from .model import WebUIModel
+        from .models import adapter_for
         from .session import borrowed_model, refresh_lora_list, release_memory
         if job.state != "queued":
             return
@@ -189,7 +189,7 @@ class JobQueue:
         state, error = "failed", None
         try:
             with borrowed_model(job.config.train_text_encoder, restore_merged=not job.keep_merged_loras) as sd_model:
-                model = WebUIModel(sd_model, job.config.clip_skip)
+                model = adapter_for(sd_model, job.config.clip_skip)
                 result = run_training(job.config, model, shared.cmd_opts.lora_dir, on_progress, stop_requested,
                                       on_file=job.files.append, fail_at_step=job.fail_at_step,
                                       on_problems=lambda p: job.problems.extend(p))

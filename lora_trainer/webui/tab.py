@@ -155,7 +155,7 @@ def _train_ui(wrap_gradio_gpu_call, infotext_utils, JOBS):
     def do_scan(*values):
         from modules import shared
         from ..dataset.scan import scan_dataset
-        from .model import precision_report
+        from .models.common import precision_report
         try:
             cfg = form_to_config(keys, values)
             summary = scan_dataset(cfg).summary()

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import UserError
 from ..networks.factory import network_from_state_dict
-from .model import WebUIModel
+from .models import adapter_for
 from .session import borrowed_model, clear_builtin_lora_state
 
 
@@ -45,7 +45,7 @@ def verify_file(lora_dir: str, name: str, prompt: str = "a photo of sks", seed: 
     file_modules = {k.partition(".")[0] for k in state}
     networks = sys.modules["networks"]
     with borrowed_model(train_text_encoder=False) as sd_model, torch.no_grad():
-        model = WebUIModel(sd_model)
+        model = adapter_for(sd_model)
         ours, unknown = network_from_state_dict(state, model)
         unmatched = a1111_unmatched_modules(stem, path, file_modules)
 

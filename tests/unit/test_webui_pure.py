@@ -82,3 +82,14 @@ def test_training_layout_makes_transformer_outputs_contiguous_and_leaves_no_hook
             assert torch.equal(unet(x), unet[2](unet[1](unet[0](x))))
         assert not unet[0](x).is_contiguous()
         assert all(not m._forward_hooks for m in unet.modules())
+
+
+@pytest.mark.parametrize("attrs, family", [({"is_sd2": True}, "SD2"), ({"is_sdxl": True}, "SDXL"),
+                                           ({"conditioner": object()}, "SDXL"), ({"is_sd3": True}, "SD3")])
+def test_families_without_an_adapter_are_refused_with_a_fix(attrs, family):
+    from lora_trainer.webui.models import ADAPTERS, adapter_for
+    from lora_trainer.webui.models.sd1 import SD1Model
+    assert ADAPTERS == {"sd1": SD1Model}
+    with pytest.raises(UserError, match=f"is {family}; this version trains SD1.x models only") as info:
+        adapter_for(type("Loaded", (), attrs)())
+    assert "SD1.x checkpoint" in info.value.fix
