@@ -1,39 +1,16 @@
-"""REST routes under /lora-trainer/v1 (mounted at app start; honour --api-auth)."""
-
-from secrets import compare_digest
+"""REST routes for training under /lora-trainer/v1 (register.app_started mounts them with
+http.mount, beside dataset_api's; --api-auth is honoured there)."""
 
 from ..config import TrainConfig
 from ..errors import UserError
-
-PREFIX = "/lora-trainer/v1"
-
-
-def auth_dependencies():
-    from fastapi import Depends, HTTPException
-    from fastapi.security import HTTPBasic, HTTPBasicCredentials
-    from modules import shared
-    if not shared.cmd_opts.api_auth:
-        return []
-    creds = dict(c.split(":", 1) for c in shared.cmd_opts.api_auth.split(",") if ":" in c)
-
-    def check(credentials: HTTPBasicCredentials = Depends(HTTPBasic())):
-        expected = creds.get(credentials.username)
-        if expected is not None and compare_digest(credentials.password, expected):
-            return True
-        raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
-    return [Depends(check)]
-
-
-def _user_error(e: UserError):
-    from fastapi import HTTPException
-    return HTTPException(422, detail=e.as_dict())
+from .http import found, user_error_response
 
 
 def _config(body: dict, require_dir=True) -> TrainConfig:
     try:
         return TrainConfig.from_dict(body)
     except UserError as e:
-        raise _user_error(e) from None
+        raise user_error_response(e) from None
 
 
 def scan(body: dict):
@@ -44,7 +21,7 @@ def scan(body: dict):
     try:
         summary = scan_dataset(cfg).summary()
     except UserError as e:
-        raise _user_error(e) from None
+        raise user_error_response(e) from None
     if shared.sd_model is not None:
         with call_queue.queue_lock:     # reads the model's dtypes: not while it is being swapped
             summary["precision"] = precision_report(cfg, shared.sd_model)
@@ -65,14 +42,6 @@ def list_jobs():
     return [job.as_dict() for job in JOBS.jobs.values()]
 
 
-def found(job, job_id: str, what: str = "job") -> dict:
-    """The job as JSON, or a 404 naming the id (training and dataset jobs alike)."""
-    from fastapi import HTTPException
-    if job is None:
-        raise HTTPException(404, detail=f"no {what} {job_id}")
-    return job.as_dict()
-
-
 def get_job(job_id: str):
     from .jobs import JOBS
     return found(JOBS.get(job_id), job_id)
@@ -91,7 +60,7 @@ def verify(body: dict):
             return verify_file(shared.cmd_opts.lora_dir, str((body or {}).get("file", "")),
                                prompt=str((body or {}).get("prompt", "a photo of sks")))
     except UserError as e:
-        raise _user_error(e) from None
+        raise user_error_response(e) from None
 
 
 def model_info(weights_hash: bool = False):
@@ -126,36 +95,13 @@ def vae_roundtrip(body: dict):
     return {"image": base64.b64encode(png).decode(), **stats}
 
 
-def mount(app) -> None:
-    from .dataset_api import ROUTES as DATASET_ROUTES
-    deps = auth_dependencies()
-    routes = [
-        ("/scan", scan, ["POST"]),
-        ("/jobs", create_job, ["POST"]),
-        ("/jobs", list_jobs, ["GET"]),
-        ("/jobs/{job_id}", get_job, ["GET"]),
-        ("/jobs/{job_id}/stop", stop_job, ["POST"]),
-        ("/verify", verify, ["POST"]),
-        ("/model", model_info, ["GET"]),
-        ("/vae-roundtrip", vae_roundtrip, ["POST"]),
-    ] + DATASET_ROUTES
-    for path, fn, methods in routes:
-        app.add_api_route(PREFIX + path, _endpoint(fn), methods=methods, dependencies=deps)
-
-
-def _endpoint(fn):
-    """fn itself, with its `body: dict` parameter read from the JSON body (default {})."""
-    import functools
-    import inspect
-    from fastapi import Body
-    sig = inspect.signature(fn)
-    if "body" not in sig.parameters:
-        return fn
-    params = [p.replace(default=Body(default={})) if name == "body" else p
-              for name, p in sig.parameters.items()]
-
-    @functools.wraps(fn)
-    def endpoint(*args, **kwargs):
-        return fn(*args, **kwargs)
-    endpoint.__signature__ = sig.replace(parameters=params)
-    return endpoint
+ROUTES = [
+    ("/scan", scan, ["POST"]),
+    ("/jobs", create_job, ["POST"]),
+    ("/jobs", list_jobs, ["GET"]),
+    ("/jobs/{job_id}", get_job, ["GET"]),
+    ("/jobs/{job_id}/stop", stop_job, ["POST"]),
+    ("/verify", verify, ["POST"]),
+    ("/model", model_info, ["GET"]),
+    ("/vae-roundtrip", vae_roundtrip, ["POST"]),
+]

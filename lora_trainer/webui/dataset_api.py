@@ -10,18 +10,7 @@ import shutil
 import tempfile
 
 from ..errors import UserError
-
-
-def _http(e: UserError):
-    from fastapi import HTTPException
-    return HTTPException(422, detail=e.as_dict())
-
-
-def _call(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except UserError as e:
-        raise _http(e) from None
+from .http import answer, found, user_error_response
 
 
 def _ws():
@@ -43,8 +32,8 @@ def _check(method, body: dict, extra=()) -> dict:
     allowed = {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY} - _INTERNAL | set(extra)
     for key in body:
         if key not in allowed:
-            raise _http(UserError(f"Unknown option {key!r}.", key=key,
-                                  fix="Options here: " + ", ".join(sorted(allowed))))
+            raise user_error_response(UserError(f"Unknown option {key!r}.", key=key,
+                                                fix="Options here: " + ", ".join(sorted(allowed))))
     return body
 
 
@@ -56,7 +45,7 @@ def _bucket_keys():
 
 def _job(kind: str, name: str, work) -> dict:
     from .prep_jobs import PREP_JOBS
-    _call(_ws().open, name)                 # a missing project is a 422 now, not a failed job later
+    answer(_ws().open, name)                 # a missing project is a 422 now, not a failed job later
     job = PREP_JOBS.submit(kind, name, work)
     return {"id": job.id, "state": job.state}
 
@@ -64,15 +53,15 @@ def _job(kind: str, name: str, work) -> dict:
 # ---------------------------------------------------------------- projects
 
 def list_datasets():
-    return _call(_ws().list)
+    return answer(_ws().list)
 
 
 def create_dataset(body: dict):
-    return _call(_ws().create, _body(body).get("name", ""))
+    return answer(_ws().create, _body(body).get("name", ""))
 
 
 def get_dataset(name: str):
-    return _call(_ws().describe, name)
+    return answer(_ws().describe, name)
 
 
 def dataset_tools():
@@ -94,7 +83,8 @@ def _decode(data, what: str) -> bytes:
     try:
         return base64.b64decode(str(data).split(",", 1)[-1], validate=False)
     except (binascii.Error, ValueError):
-        raise _http(UserError(f"{what} is not base64.", key=what, fix="Send the file's bytes base64-encoded.")) from None
+        raise user_error_response(UserError(f"{what} is not base64.", key=what,
+                                            fix="Send the file's bytes base64-encoded.")) from None
 
 
 def import_dataset(name: str, body: dict):
@@ -176,62 +166,60 @@ def reg_images(name: str, body: dict):
 # ---------------------------------------------------------------- quick edits
 
 def trash(name: str, body: dict):
-    return _call(_ws().trash, name, _body(body).get("images", []))
+    return answer(_ws().trash, name, _body(body).get("images", []))
 
 
 def undo(name: str, body: dict):
-    return _call(_ws().undo, name)
+    return answer(_ws().undo, name)
 
 
 def empty_trash(name: str, body: dict):
-    return _call(_ws().empty_trash, name)
+    return answer(_ws().empty_trash, name)
 
 
 def captions(name: str, caption_extension: str = ".txt"):
-    return _call(_ws().captions, name, caption_extension)
+    return answer(_ws().captions, name, caption_extension)
 
 
 def set_caption(name: str, image: str, body: dict):
     body = _body(body)
-    return _call(_ws().set_caption, name, image, body.get("caption", ""), body.get("caption_extension", ".txt"))
+    return answer(_ws().set_caption, name, image, body.get("caption", ""), body.get("caption_extension", ".txt"))
 
 
 def tag_table(name: str, caption_extension: str = ".txt"):
-    return _call(_ws().tag_table, name, None, caption_extension)
+    return answer(_ws().tag_table, name, None, caption_extension)
 
 
 def filter_images(name: str, body: dict):
     body = _body(body)
-    return {"images": _call(_ws().filter, name, body.get("tags", []), body.get("mode", "all"),
+    return {"images": answer(_ws().filter, name, body.get("tags", []), body.get("mode", "all"),
                             body.get("caption_extension", ".txt"))}
 
 
 def edit_tags(name: str, body: dict):
     body = _body(body)
     action = body.pop("action", "")
-    return _call(_ws().edit_tags, name, action, **body)
+    return answer(_ws().edit_tags, name, action, **body)
 
 
 def organise(name: str, body: dict):
     from ..prep.workspace import Workspace
-    return _call(_ws().organise, name, **_check(Workspace.organise, _body(body)))
+    return answer(_ws().organise, name, **_check(Workspace.organise, _body(body)))
 
 
 def three_captions(name: str, body: dict):
     from ..prep.workspace import Workspace
-    return _call(_ws().three_captions, name, **_check(Workspace.three_captions, _body(body)))
+    return answer(_ws().three_captions, name, **_check(Workspace.three_captions, _body(body)))
 
 
 # ---------------------------------------------------------------- jobs
 
 def get_job(job_id: str):
-    from .api import found
     from .prep_jobs import PREP_JOBS
     return found(PREP_JOBS.get(job_id), job_id, "dataset job")
 
 
 def stop_job(job_id: str):
-    from .api import found
     from .prep_jobs import PREP_JOBS
     return found(PREP_JOBS.stop(job_id), job_id, "dataset job")
 

@@ -23,8 +23,10 @@ def app_started(demo, app):
     from modules import shared
     if not (getattr(shared.cmd_opts, "api", False) or getattr(shared.cmd_opts, "nowebui", False)):
         return                       # like A1111: REST only with --api / --nowebui
-    from .api import mount
-    mount(app)
+    from .api import ROUTES as TRAINING_ROUTES
+    from .dataset_api import ROUTES as DATASET_ROUTES
+    from .http import mount
+    mount(app, TRAINING_ROUTES + DATASET_ROUTES)
 
 
 def script_unloaded():
