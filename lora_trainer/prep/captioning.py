@@ -1,6 +1,8 @@
 """Writing tagger tags and captioner sentences as caption files: the batched pipeline, its
 sequential baseline, undo.
 
+The pipeline knows a model only as a `Captioner` (below): tagger.WD14Tagger and
+sentences.SentenceCaptioner are both one, and neither module is imported here.
 Writes are atomic and every change is recorded (with the previous bytes) for undo_captions.
 """
 
@@ -13,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol, runtime_checkable
 
 from ..dataset.captions import read_caption
 from ..errors import UserError
@@ -21,14 +23,24 @@ from .files import backup_path, write_bytes_atomic, write_text_atomic
 from .tagger_models import CPU_PROVIDER
 from .tags import KEEP_SEPARATOR, format_caption, normalise_tag, parse_caption
 
-if TYPE_CHECKING:  # tagger and sentences re-export this module: not imported at run time
-    from .sentences import SentenceCaptioner
-    from .tagger import TagOptions, TagResult, WD14Tagger
-
 WRITE_MODES = ("overwrite", "append", "missing")
 # Batches whose loading is queued while one is on the model: with one, the loaders idle at each
 # batch's tail (its last image) and whenever the model is slower than usual.
 PREFETCH_BATCHES = 2
+
+
+@runtime_checkable
+class Captioner(Protocol):
+    """A loaded captioning model as the pipeline uses it (tagger.WD14Tagger, sentences.SentenceCaptioner)."""
+
+    provider: str                # what runs the model: an onnxruntime provider or a torch device
+    provider_note: str | None    # None, or why it is not what was asked for
+
+    def prepare(self, image) -> object:
+        """A path or a PIL image -> the model's input (called in worker threads; UserError for a bad file)."""
+
+    def infer(self, inputs: list) -> list:
+        """Prepared inputs -> one result per image (a tagger.TagResult, a sentence)."""
 
 
 @dataclass
@@ -47,7 +59,7 @@ class CaptionReport:
     skipped: list[str] = field(default_factory=list)      # images skipped ("missing": caption exists)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (image, message)
     changes: list[CaptionChange] = field(default_factory=list)
-    results: dict[str, TagResult | str] = field(default_factory=dict)  # image -> tags / sentence
+    results: dict[str, object] = field(default_factory=dict)  # image -> tagger.TagResult / sentence
     stopped: bool = False
     provider: str = CPU_PROVIDER   # onnxruntime provider (tagger) or torch device (sentences)
     provider_note: str | None = None
@@ -69,8 +81,8 @@ def _existing(image, extension: str) -> tuple[str | None, str | None]:
     return text or "", None
 
 
-def _tags_text(image, result: TagResult, mode: str, extension: str) -> tuple[str | None, str | None]:
-    """(text to write, problem) for one image's tags; text None = leave the file alone."""
+def _tags_text(image, result, mode: str, extension: str) -> tuple[str | None, str | None]:
+    """(text to write, problem) for one image's tags (a tagger.TagResult); text None = leave the file alone."""
     new_tags = list(result.tags)
     if mode == "append":
         old_text, problem = _existing(image, extension)
@@ -235,12 +247,13 @@ def _run_batches(todo: list, report: CaptionReport, *, prepare: Callable, infer:
                 progress(done, total)
 
 
-def caption_images(paths: Sequence, tagger: WD14Tagger, mode: str = "overwrite", *,
+def caption_images(paths: Sequence, tagger: Captioner, mode: str = "overwrite", *,
                    progress: Callable[[int, int], None] | None = None,
                    should_stop: Callable[[], bool] | None = None, batch_size: int = 8,
-                   options: TagOptions | None = None, extension: str = ".txt", backup: bool = True,
+                   options=None, extension: str = ".txt", backup: bool = True,
                    workers: int | None = None) -> CaptionReport:
-    """Tag `paths` and write `<stem><extension>` beside each image.
+    """Tag `paths` with a tagger.WD14Tagger (`options`: a tagger.TagOptions, None = the tagger's
+    own) and write `<stem><extension>` beside each image.
 
     mode "overwrite": replace the caption; "append": add the new tags after the existing ones
     (no duplicates; a `|||` part is kept); "missing": only images without a caption file.
@@ -255,7 +268,7 @@ def caption_images(paths: Sequence, tagger: WD14Tagger, mode: str = "overwrite",
     start = time.perf_counter()
     report = CaptionReport(provider=tagger.provider, provider_note=tagger.provider_note)
     _run_batches(_todo(paths, mode, extension, report), report, prepare=tagger.prepare,
-                 infer=lambda arrays: [tagger.postprocess(row, options) for row in tagger.predict(arrays)],
+                 infer=lambda arrays: tagger.infer(arrays, options),
                  text_for=lambda image, result: _tags_text(image, result, mode, extension),
                  extension=extension, backup=backup, batch_size=batch_size, progress=progress,
                  should_stop=should_stop, workers=workers, thread_name="wd14-load")
@@ -263,10 +276,10 @@ def caption_images(paths: Sequence, tagger: WD14Tagger, mode: str = "overwrite",
     return report
 
 
-def caption_images_sequential(paths: Sequence, tagger: WD14Tagger, mode: str = "overwrite", *,
+def caption_images_sequential(paths: Sequence, tagger: Captioner, mode: str = "overwrite", *,
                               progress: Callable[[int, int], None] | None = None,
                               should_stop: Callable[[], bool] | None = None,
-                              options: TagOptions | None = None, extension: str = ".txt",
+                              options=None, extension: str = ".txt",
                               backup: bool = True) -> CaptionReport:
     """The baseline for benchmarking caption_images: decode, run and write one image at a time
     on the calling thread. Same files and report as caption_images."""
@@ -286,15 +299,14 @@ def caption_images_sequential(paths: Sequence, tagger: WD14Tagger, mode: str = "
         if error is not None:
             report.failed.append((str(path), error))
         else:
-            row = tagger.predict([array])[0]
-            _finish(path, tagger.postprocess(row, options), text_for, extension, backup, report)
+            _finish(path, tagger.infer([array], options)[0], text_for, extension, backup, report)
         if progress:
             progress(i + 1, total)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def caption_images_with_sentences(paths: Sequence, captioner: SentenceCaptioner, mode: str = "overwrite", *,
+def caption_images_with_sentences(paths: Sequence, captioner: Captioner, mode: str = "overwrite", *,
                                   progress: Callable[[int, int], None] | None = None,
                                   should_stop: Callable[[], bool] | None = None, batch_size: int = 4,
                                   extension: str = ".txt", backup: bool = True, prefix: str = "",
@@ -309,9 +321,9 @@ def caption_images_with_sentences(paths: Sequence, captioner: SentenceCaptioner,
     """
     _check_mode(mode)
     start = time.perf_counter()
-    report = CaptionReport(provider=captioner.device, provider_note=captioner.device_note)
+    report = CaptionReport(provider=captioner.provider, provider_note=captioner.provider_note)
     _run_batches(_todo(paths, mode, extension, report), report, prepare=captioner.prepare,
-                 infer=captioner.generate,
+                 infer=captioner.infer,
                  text_for=lambda image, sentence: _sentence_text(image, sentence, mode, extension, prefix),
                  extension=extension, backup=backup, batch_size=batch_size, progress=progress,
                  should_stop=should_stop, workers=workers, thread_name="caption-load")

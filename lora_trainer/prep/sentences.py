@@ -6,8 +6,8 @@ AutoProcessor (GitProcessor). Newer captioners (Kosmos-2, Florence-2, InstructBL
 transformers than the WebUI pins, so they are not offered.
 
 Only Pillow is imported at module level; torch, transformers and huggingface_hub are imported
-where they are used. Writing caption files: captioning.caption_images_with_sentences
-(re-exported here).
+where they are used. Writing caption files: captioning.caption_images_with_sentences (a
+SentenceCaptioner is a captioning.Captioner).
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from PIL import Image
 
 from ..dataset.images import _to_rgb, open_image
 from ..errors import UserError
-from .captioning import (WRITE_MODES, CaptionChange, CaptionReport,  # noqa: F401
-                         caption_images_with_sentences, undo_captions)
 
 CONFIG_FILE = "config.json"
 SUPPORTED_TYPES = ("blip", "git")  # config.json model_type
@@ -275,7 +273,16 @@ class SentenceCaptioner:
         if self.model is None:
             raise UserError("The captioner was unloaded.", fix="Load it again (a new SentenceCaptioner).")
 
-    # -- pipeline pieces (captioning._run_batches calls prepare in worker threads)
+    # -- pipeline pieces (captioning.Captioner; captioning._run_batches calls prepare in worker threads)
+    @property
+    def provider(self) -> str:
+        """The torch device running the model (captioning.Captioner)."""
+        return self.device
+
+    @property
+    def provider_note(self) -> str | None:
+        return self.device_note
+
     def prepare(self, image):
         """A path or a PIL image -> pixel_values [1, 3, H, W] float32 (decoding errors are UserErrors)."""
         self._require_loaded()
@@ -313,6 +320,10 @@ class SentenceCaptioner:
             if head.lower() == self._echo.lower() and (not rest or not rest[0].isalnum()):
                 text = rest.lstrip(" ,:;-")
         return text
+
+    def infer(self, pixels: Sequence) -> list[str]:
+        """One caption per prepared input (captioning.Captioner): generate."""
+        return self.generate(pixels)
 
     def caption(self, images: Sequence) -> list[str]:
         """Captions for paths / PIL images in memory (one batch). See

@@ -3,7 +3,7 @@
 Runs outside the WebUI. Only Pillow is imported at module level; onnxruntime, numpy and
 huggingface_hub are imported where they are used, so the tab loads without them.
 Finding / downloading a model and its labels: tagger_models; writing caption files:
-captioning. Both are re-exported here.
+captioning (a WD14Tagger is a captioning.Captioner).
 
 Model contract (shared/docs/dataset-prep.md §1, see tagger_models): input NHWC float32 [batch, S, S, 3], BGR, raw 0-255; output
 [batch, n_tags] probabilities (the sigmoid is in the graph). v3 models have a dynamic batch
@@ -24,11 +24,8 @@ from PIL import Image
 
 from ..dataset.images import _to_rgb, open_image
 from ..errors import UserError
-from .captioning import (WRITE_MODES, CaptionChange, CaptionReport, caption_images,  # noqa: F401
-                         caption_images_sequential, undo_captions)
-from .tagger_models import (CATEGORY_CHARACTER, CATEGORY_GENERAL, CATEGORY_RATING,  # noqa: F401
-                            CPU_PROVIDER, DEFAULT_MODEL, LABELS_FILE, MODEL_FILE, MODELS, Label,
-                            TaggerModel, load_labels, resolve_model)
+from .tagger_models import (CATEGORY_CHARACTER, CATEGORY_GENERAL, CATEGORY_RATING, CPU_PROVIDER, LABELS_FILE,
+                            MODEL_FILE, Label, load_labels)
 from .tags import normalise_tag
 
 DEFAULT_IMAGE_SIZE = 448
@@ -317,7 +314,10 @@ class WD14Tagger:
     def postprocess(self, probs, options: TagOptions | None = None) -> TagResult:
         return self._post(probs, options or self.options)
 
+    def infer(self, arrays, options: TagOptions | None = None) -> list[TagResult]:
+        """One TagResult per prepared array (captioning.Captioner)."""
+        return [self.postprocess(row, options) for row in self.predict(arrays)]
+
     def tag(self, images, options: TagOptions | None = None) -> list[TagResult]:
         """Tag paths / PIL images in memory (one batch). See caption_images for folders."""
-        probs = self.predict([self.prepare(im) for im in images])
-        return [self.postprocess(row, options) for row in probs]
+        return self.infer([self.prepare(im) for im in images], options)

@@ -153,7 +153,8 @@ class Workspace:
         model = repo_id or model
         mode = "append" if append_tags else mode
         from .captioning import caption_images
-        from .tagger import TagOptions, WD14Tagger, resolve_model
+        from .tagger import TagOptions, WD14Tagger
+        from .tagger_models import resolve_model
         options = _tag_options(TagOptions, tag_options)
         project = self.open(name)
         paths = self._selection(project, images)
@@ -176,7 +177,8 @@ class Workspace:
                           batch_size=4, caption_extension=".txt", prefix="", max_length=None, num_beams=None,
                           min_length=None, progress=None, should_stop=None) -> dict:
         """Natural-language captions (BLIP / GIT); the model is unloaded afterwards."""
-        from .sentences import SentenceCaptioner, caption_images_with_sentences, resolve_captioner
+        from .captioning import caption_images_with_sentences
+        from .sentences import SentenceCaptioner, resolve_captioner
         project = self.open(name)
         paths = self._selection(project, images)
         if progress:

@@ -22,9 +22,8 @@ np = pytest.importorskip("numpy")
 
 from PIL import Image  # noqa: E402
 
-from lora_trainer.prep import sentences as sn  # noqa: E402
-from lora_trainer.prep.sentences import (SentenceCaptioner, caption_images_with_sentences,  # noqa: E402
-                                         resolve_captioner, undo_captions)
+from lora_trainer.prep.captioning import Captioner, caption_images_with_sentences, undo_captions  # noqa: E402
+from lora_trainer.prep.sentences import SentenceCaptioner, resolve_captioner  # noqa: E402
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4: pad, -, bos, eos/sep, -
 WORDS = ("a photo of dog cat on the couch red blue sitting with hat grass in field tree man woman car "
@@ -117,6 +116,7 @@ def test_model_type_picks_the_classes(captioners, models, kind, cls):
     assert not c.model.training
     assert c.device == "cpu" and c.dtype == torch.float32
     assert c.model_dir == models[kind]
+    assert isinstance(c, Captioner) and (c.provider, c.provider_note) == (c.device, c.device_note)
 
 
 def test_auto_device_and_precision(models):
@@ -322,7 +322,6 @@ def test_bad_mode_is_refused(captioners, dataset):
 
 def test_sentence_text_rules(tmp_path):
     image = tmp_path / "a.png"
-    assert sn.caption_images_with_sentences.__module__ == "lora_trainer.prep.captioning"
     from lora_trainer.prep.captioning import _sentence_text
 
     assert _sentence_text(image, "  a dog ,  on grass ", "overwrite", ".txt") == ("a dog , on grass\n", None)

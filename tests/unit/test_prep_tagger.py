@@ -18,10 +18,10 @@ from PIL import Image
 
 from lora_trainer.errors import UserError
 from lora_trainer.prep import tagger as tg
-from lora_trainer.prep.tagger import (KAOMOJI, MODELS, TagOptions, WD14Tagger, caption_images,
-                                      caption_images_sequential, choose_providers, display_name,
-                                      load_labels, mcut_threshold, prepare_image, resolve_model,
-                                      undo_captions)
+from lora_trainer.prep.captioning import Captioner, caption_images, caption_images_sequential, undo_captions
+from lora_trainer.prep.tagger import (KAOMOJI, TagOptions, WD14Tagger, choose_providers, display_name,
+                                      mcut_threshold, prepare_image)
+from lora_trainer.prep.tagger_models import DEFAULT_MODEL, MODELS, load_labels, resolve_model
 
 np = pytest.importorskip("numpy")
 
@@ -130,7 +130,7 @@ def test_model_list_has_v3_and_v2_hub_ids():
     assert MODELS["wd-v1-4-moat-tagger-v2"].repo_id == "SmilingWolf/wd-v1-4-moat-tagger-v2"
     assert MODELS["wd-v1-4-vit-tagger-v2"].fixed_batch and not MODELS["wd-vit-tagger-v3"].fixed_batch
     assert all(m.repo_id.startswith("SmilingWolf/") for m in MODELS.values())
-    assert tg.DEFAULT_MODEL in MODELS
+    assert DEFAULT_MODEL in MODELS
 
 
 def test_resolve_local_folder(models, tmp_path):
@@ -407,6 +407,7 @@ def read(p):
 
 
 def test_overwrite_writes_backup_and_undo(tagger, dataset):
+    assert isinstance(tagger, Captioner)
     (dataset[0].with_suffix(".txt")).write_text("old, caption\n", encoding="utf-8")
     report = caption_images(dataset, tagger, "overwrite", batch_size=2)
     assert read(dataset[0].with_suffix(".txt")) == ", ".join(BLACK_TAGS) + "\n"
