@@ -1,8 +1,10 @@
 """What the REST modules share (api.py: training, dataset_api.py: dataset preparation): the
 prefix, --api-auth, a UserError as a 422, a missing job as a 404, `body: dict` read from the
-JSON body, and mounting a route table. Neither route module imports the other."""
-from __future__ import annotations
+JSON body, and mounting a route table. Neither route module imports the other.
 
+No `from __future__ import annotations` here: FastAPI reads the annotations of the endpoints and
+of auth_dependencies' `check`, and it cannot resolve a string naming a name imported inside a function.
+"""
 from secrets import compare_digest
 
 from ..errors import UserError
