@@ -40,14 +40,18 @@ class NetworkModule(torch.nn.Module):
         """What the adapter adds to the base output, already multiplied by `scale`."""
         raise NotImplementedError
 
+    def add_delta(self, x: torch.Tensor, output: torch.Tensor, scale: float) -> torch.Tensor:
+        """output + delta(x, scale), as a new tensor (subclasses fuse the sum into their last matmul)."""
+        d = self.delta(x, scale)
+        if d.dtype != output.dtype:
+            d = d.to(output.dtype)
+        return output + d
+
     def _hook(self, module, inputs, output):
         x = inputs[0]
         if x.dtype != self._dtype and not self._autocast_on():   # under autocast its own casts apply
             x = x.to(self._dtype)
-        d = self.delta(x, self.multiplier * self.scale)
-        if d.dtype != output.dtype:
-            d = d.to(output.dtype)
-        return output + d
+        return self.add_delta(x, output, self.multiplier * self.scale)
 
     def attach(self, base: torch.nn.Module) -> None:
         self.detach()

@@ -16,6 +16,10 @@ def _pointwise(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.matmul(weight.flatten(1), x.reshape(b, c, h * w)).view(b, -1, h, w)
 
 
+def _channels_last(t: torch.Tensor) -> bool:
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 class LoRAModule(NetworkModule):
     """down: [dim, in] (Linear) or [dim, in, kh, kw] with the base conv's stride/padding;
     up: [out, dim] or [out, dim, 1, 1]. down is kaiming-uniform, up is zero (starts as a no-op)."""
@@ -49,6 +53,35 @@ class LoRAModule(NetworkModule):
                 h = F.conv2d(x, self.lora_down, None, self.stride, self.padding, self.dilation)
             return _pointwise(self.lora_up, h * scale)
         return F.linear(F.linear(x, self.lora_down) * scale, self.lora_up)
+
+    def add_delta(self, x: torch.Tensor, output: torch.Tensor, scale: float) -> torch.Tensor:
+        """output + delta(x, scale) with the sum done by the up matmul (addmm: no delta tensor, no
+        separate add over the base's output; the scale is its alpha). Channels-last convs (A1111's
+        proj_out input) stay channels-last: pixels x channels matmuls on the NHWC data, no copies."""
+        down, up = self.lora_down, self.lora_up
+        if output.dtype != down.dtype or x.dtype != down.dtype or self._autocast_on():
+            return super().add_delta(x, output, scale)
+        if not self.is_conv:
+            h = torch.mm(x.reshape(-1, x.shape[-1]), down.t())
+            return torch.addmm(output.reshape(-1, output.shape[-1]), h, up.t(), alpha=scale).view(output.shape)
+        b, c, height, width = x.shape
+        oc = output.shape[1]
+        if self.down_is_pointwise and _channels_last(x) and _channels_last(output):
+            h = torch.mm(x.permute(0, 2, 3, 1).reshape(-1, c), down.flatten(1).t())
+            y = torch.addmm(output.permute(0, 2, 3, 1).reshape(-1, oc), h, up.flatten(1).t(), alpha=scale)
+            return y.view(b, height, width, oc).permute(0, 3, 1, 2)
+        if not output.is_contiguous():                 # keep the base output's layout, as output + d does
+            return super().add_delta(x, output, scale)
+        if self.down_is_pointwise:
+            h = torch.matmul(down.flatten(1), x.reshape(b, c, height * width))
+        else:
+            h = F.conv2d(x, down, None, self.stride, self.padding, self.dilation).flatten(2)
+        o = output.reshape(b, oc, -1)
+        if b == 1:
+            y = torch.addmm(o[0], up.flatten(1), h[0], alpha=scale).unsqueeze(0)
+        else:
+            y = torch.baddbmm(o, up.flatten(1).expand(b, -1, -1), h, alpha=scale)
+        return y.view(output.shape)
 
     def weight_delta(self) -> torch.Tensor:
         """The dense ΔW this adapter adds (used by tests and the verifier)."""

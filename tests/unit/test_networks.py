@@ -112,3 +112,49 @@ def test_multiplier_scales_the_delta():
         net.set_multiplier(0.5)
         half = base(x) - x @ base.weight.T
     torch.testing.assert_close(half, full * 0.5)
+
+
+def _reference_sum(lora, base, x):
+    """base(x) + up(down(x)) * scale written with plain convolutions / linears (no fused path)."""
+    down, up = lora.lora_down.detach().requires_grad_(), lora.lora_up.detach().requires_grad_()
+    if lora.is_conv:
+        h = torch.nn.functional.conv2d(x, down, None, lora.stride, lora.padding, lora.dilation)
+        return base(x) + torch.nn.functional.conv2d(h, up) * lora.scale, (down, up)
+    return base(x) + torch.nn.functional.linear(torch.nn.functional.linear(x, down), up) * lora.scale, (down, up)
+
+
+def test_fused_sum_matches_plain_delta_in_every_layout_with_gradients():
+    """The hook adds the delta inside the up matmul (addmm); NCHW, channels-last (A1111's proj_out
+    input), batch > 1, 3x3 and non-contiguous Linear inputs give the plain sum's values and gradients."""
+    torch.manual_seed(4)
+    cases = [
+        (torch.nn.Linear(8, 6), lambda: torch.randn(2, 5, 8)),
+        (torch.nn.Linear(8, 6, bias=False), lambda: torch.randn(5, 2, 8).transpose(0, 1)),
+        (torch.nn.Conv2d(8, 5, 1), lambda: torch.randn(1, 8, 4, 3)),
+        (torch.nn.Conv2d(8, 5, 1), lambda: torch.randn(2, 8, 4, 3)),
+        (torch.nn.Conv2d(8, 5, 1), lambda: torch.randn(1, 4, 3, 8).permute(0, 3, 1, 2)),      # channels-last
+        (torch.nn.Conv2d(8, 5, 1), lambda: torch.randn(3, 4, 3, 8).permute(0, 3, 1, 2)),
+        (torch.nn.Conv2d(8, 5, 3, padding=1), lambda: torch.randn(2, 8, 6, 5)),
+        (torch.nn.Conv2d(8, 5, 3, stride=2, padding=1), lambda: torch.randn(1, 6, 5, 8).permute(0, 3, 1, 2)),
+    ]
+    for base, make in cases:
+        base.requires_grad_(False)
+        lora = LoRAModule("m", base, dim=3, alpha=1.5)
+        torch.nn.init.normal_(lora.lora_up)
+        net = Network()
+        net.add(lora, base, "unet")
+        x = make().requires_grad_()
+        with net.attached():
+            y = base(x)
+        g = torch.randn_like(y)
+        y.backward(g)
+        got = (x.grad.clone(), lora.lora_down.grad, lora.lora_up.grad)
+        x.grad = None
+        ref, (down, up) = _reference_sum(lora, base, x)
+        ref.backward(g)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+        assert y.is_contiguous() == ref.is_contiguous()
+        for a, b in zip(got, (x.grad, down.grad, up.grad)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        with torch.no_grad(), net.attached():          # inference (eval loss, verify) takes the same path
+            torch.testing.assert_close(base(x), ref.detach(), rtol=1e-5, atol=1e-5)
