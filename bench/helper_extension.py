@@ -21,6 +21,10 @@ so it only ever exists in a benchmark's temporary WebUI. It adds, inside the Web
     the model like a training job). "torch_profile": one more iteration of each mode under torch.profiler
     (the ops with the most self CPU time, by input shapes).
     Runs under modules.call_queue.queue_lock, like generation and training.
+  GET  /lora-trainer-bench/v1/cuda-memory         {"cuda": bool, "max_allocated", "allocated", "max_reserved",
+                                                   "reserved", "device"} (torch.cuda, bytes; bench/gpu.py)
+  POST /lora-trainer-bench/v1/cuda-memory/reset   torch.cuda.reset_peak_memory_stats() (after empty_cache),
+                                                   then the same reading
 """
 from __future__ import annotations
 
@@ -265,7 +269,25 @@ def _app_started(demo, app):
         with call_queue.queue_lock:
             return _run_bare(body or {})
 
+    def cuda_memory():
+        import torch
+        if not torch.cuda.is_available():
+            return {"cuda": False}
+        return {"cuda": True, "device": torch.cuda.get_device_name(), "max_allocated": torch.cuda.max_memory_allocated(),
+                "allocated": torch.cuda.memory_allocated(), "max_reserved": torch.cuda.max_memory_reserved(),
+                "reserved": torch.cuda.memory_reserved()}
+
+    def cuda_memory_reset():
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        return cuda_memory()
+
     app.add_api_route(PREFIX + "/info", info, methods=["GET"])
+    app.add_api_route(PREFIX + "/cuda-memory", cuda_memory, methods=["GET"])
+    app.add_api_route(PREFIX + "/cuda-memory/reset", cuda_memory_reset, methods=["POST"])
     app.add_api_route(PREFIX + "/bare", bare, methods=["POST"])
 
 

@@ -8,11 +8,14 @@ and talks HTTP. See bench/README.md for what each figure means and the goals.
      throw-away data dir) on shared.sd_model via apply_model: 1x4x32x32 latent, cond 1x77x768, fp32
   b) our step, UNet only (step_seconds of a real job through /lora-trainer/v1/jobs)   ratio b/a, goal <= 1.05
   c) our step with the text encoder trained                                          ratio c/a, goal <= 1.20
-  d) memory training adds to the WebUI process (VmRSS sampled every 0.2 s)
+  d) memory training adds to the WebUI process (VmRSS sampled every 0.2 s), and RSS a few seconds after
+     each job / before it                                                         goal <= 1.02
   e) hand-back: job finished_at -> next txt2img done, minus that txt2img's own latency  goal <= 1 s
   f) start-up time the extension adds (UI mode, tiny model, booted with and without it) goal <= 0.3 s
+  g) memory over a long run: batch 4, 200 steps, UNet only, 64² images with a distinct caption each;
+     VmRSS at the job's early steps vs its last steps                              growth goal <= 1 %
 
-usage: python bench/train_step.py [--skip-full] [--steps 10] [--out bench/out/last.json] [--profile]
+usage: python bench/train_step.py [--only steps,memory,startup] [--steps 10] [--out bench/out/last.json] [--profile]
 """
 from __future__ import annotations
 
@@ -34,7 +37,11 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 
-GOALS = {"ratio_unet": 1.05, "ratio_te": 1.20, "handback_s": 1.0, "startup_s": 0.3}
+GOALS = {"ratio_unet": 1.05, "ratio_te": 1.20, "handback_s": 1.0, "startup_s": 0.3,
+         "rss_after_ratio": 1.02, "rss_growth_pct": 1.0}
+PARTS = ("steps", "memory", "startup")      # --only: steps = a-e, memory = g, startup = f
+JOB_FIELDS = ("state", "step", "total_steps", "step_seconds", "mixed_precision", "skipped_steps", "finished_at")
+SETTLE_S = 5.0             # 'after' RSS: this long after the job's finished state (and its hand-back txt2img)
 ANCHORS = {"kohya_ratio_unet": 1.15, "kohya_ratio_te": 1.33, "kohya_s_per_step_unet": 4.49,
            "kohya_s_per_step_te": 5.19, "kohya_bare_s": 3.90}
 MODEL_NAME = "sd15-random"
@@ -251,27 +258,63 @@ SHAPES = [("circle", "red", (220, 40, 40)), ("square", "blue", (40, 70, 220)), (
           ("circle", "black", (20, 20, 20)), ("square", "teal", (20, 150, 150))]
 
 
+def shape_rows(shape, rgb, size, r):
+    c, rows = size / 2, []
+    for y in range(size):
+        row = bytearray()
+        for x in range(size):
+            if shape == "circle":
+                inside = (x - c) ** 2 + (y - c) ** 2 <= r * r
+            elif shape == "square":
+                inside = abs(x - c) <= r and abs(y - c) <= r
+            else:
+                top, bottom = c - r, c + r
+                inside = top <= y <= bottom and abs(x - c) <= (y - top) / 2
+            row += bytes(rgb) if inside else b"\xff\xff\xff"
+        rows.append(row)
+    return rows
+
+
 def make_dataset(root: Path, size=256) -> Path:
     folder = root / "10_sks shape"
     folder.mkdir(parents=True, exist_ok=True)
     for i, (shape, colour, rgb) in enumerate(SHAPES):
-        c, r = size / 2, size * (0.25 + 0.02 * i)
-        rows = []
-        for y in range(size):
-            row = bytearray()
-            for x in range(size):
-                if shape == "circle":
-                    inside = (x - c) ** 2 + (y - c) ** 2 <= r * r
-                elif shape == "square":
-                    inside = abs(x - c) <= r and abs(y - c) <= r
-                else:
-                    top, bottom = c - r, c + r
-                    inside = top <= y <= bottom and abs(x - c) <= (y - top) / 2
-                row += bytes(rgb) if inside else b"\xff\xff\xff"
-            rows.append(row)
-        write_png(folder / f"{i:02d}_{shape}.png", size, size, rows)
+        write_png(folder / f"{i:02d}_{shape}.png", size, size, shape_rows(shape, rgb, size, size * (0.25 + 0.02 * i)))
         (folder / f"{i:02d}_{shape}.txt").write_text(f"sks shape, a {colour} {shape} on a white background")
     return root
+
+
+def make_caption_dataset(root: Path, n=16, size=64) -> Path:
+    """g): n images, each with its OWN caption ("sks shape, variant N"), so that nearly every batch of 4
+    is a new combination: a per-batch conditioning cache would grow by a batch's conditioning every step."""
+    folder = root / "10_sks shape"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        shape, _, rgb = SHAPES[i % len(SHAPES)]
+        write_png(folder / f"{i:02d}.png", size, size, shape_rows(shape, rgb, size, size * (0.2 + 0.015 * i)))
+        (folder / f"{i:02d}.txt").write_text(f"sks shape, variant {i}")
+    return root
+
+
+def job_config(name, data_dir, *, size=256, steps=10, batch=1, te=False, **extra) -> dict:
+    """A training job's body for POST /lora-trainer/v1/jobs: one fixed bucket of size², dim 32 / alpha 16, AdamW."""
+    return {"train_data_dir": str(data_dir), "output_name": name, "resolution": str(size),
+            "min_bucket_reso": size, "max_bucket_reso": size, "network_dim": 32, "network_alpha": 16,
+            "learning_rate": 1e-4, "optimizer_type": "AdamW", "max_train_steps": steps, "train_batch_size": batch,
+            "network_train_unet_only": not te, "save_precision": "float", "overwrite": True, "seed": 1, **extra}
+
+
+def check_job(job: dict, name: str) -> None:
+    """What the engine reports is what the bench reads: every field it uses is there, and a finished job
+    ran all its steps and timed each one (step_seconds keeps the last 500)."""
+    missing = [k for k in JOB_FIELDS if k not in job]
+    if missing:
+        raise RuntimeError(f"job {name}: the job JSON lacks {missing} (has {sorted(job)})")
+    if job["state"] == "finished":
+        n = len(job["step_seconds"] or [])
+        if job["step"] != job["total_steps"] or n != min(job["total_steps"], 500) or not job["finished_at"]:
+            raise RuntimeError(f"job {name}: finished at step {job['step']}/{job['total_steps']} with {n} "
+                               f"step_seconds, finished_at {job['finished_at']}")
 
 
 def safetensors_numel(path: Path) -> dict:
@@ -319,10 +362,7 @@ def bare(server, pid, iters, warmup, **extra) -> dict:
 
 
 def train_job(server, pid, name, data_dir, steps, te: bool, handback_prompt: str) -> dict:
-    config = {"train_data_dir": str(data_dir), "output_name": name, "resolution": "256",
-              "min_bucket_reso": 256, "max_bucket_reso": 256, "network_dim": 32, "network_alpha": 16,
-              "learning_rate": 1e-4, "optimizer_type": "AdamW", "max_train_steps": steps, "train_batch_size": 1,
-              "network_train_unet_only": not te, "save_precision": "float", "overwrite": True, "seed": 1}
+    config = job_config(name, data_dir, size=256, steps=steps, te=te)
     others_before = wait_quiet(pid, QUIET_WAIT_S, f"job {name}") if QUIET_WAIT_S else None
     rss_before, load0 = rss_bytes(pid), loadavg()
     marks = []                                   # (step, wall, process CPU) when a new step is first seen
@@ -345,8 +385,10 @@ def train_job(server, pid, name, data_dir, steps, te: bool, handback_prompt: str
             near_end = job.get("total_steps") and job.get("step", 0) >= job["total_steps"]
             time.sleep(0.1 if near_end else 0.2)     # faster polls would slow the job's eval/save
         t_seen = time.time()
+        rss_finished = rss_bytes(pid)        # the engine released its memory before it set the end state
         if job["state"] != "finished":
             raise RuntimeError(f"training job {name} ended {job['state']}: {job.get('error')}")
+        check_job(job, name)
         # e) hand-back: the next generation, sent as soon as the job reports finished
         t_req = time.time()
         server.txt2img(prompt=handback_prompt, seed=7, steps=1, size=256)
@@ -355,6 +397,8 @@ def train_job(server, pid, name, data_dir, steps, te: bool, handback_prompt: str
         handback_others = sampler.others_cores(t_req, t_done)
         top_others = sampler.top_others
         peak_t = next((t for t, v in sampler.samples if v == peak), None)
+    rss_after_handback = rss_bytes(pid)
+    time.sleep(SETTLE_S)
     rss_after = rss_bytes(pid)
     peak_phase = "hand-back txt2img" if peak_t and peak_t >= t_req else None
     if peak_phase is None and peak_t:
@@ -389,6 +433,8 @@ def train_job(server, pid, name, data_dir, steps, te: bool, handback_prompt: str
             "created_at": job.get("created_at"), "eval_loss_start": job.get("eval_loss_start"),
             "eval_loss_end": job.get("eval_loss_end"), "files": files, "lora": lora,
             "rss_before": rss_before, "rss_peak": peak, "rss_after": rss_after, "rss_peak_phase": peak_phase,
+            "rss_finished": rss_finished, "rss_after_handback": rss_after_handback, "settle_s": SETTLE_S,
+            "mixed_precision": job.get("mixed_precision"), "skipped_steps": job.get("skipped_steps"),
             "txt2img_began_after_finish_s": gen[1] - job["finished_at"] if gen else None,
             "txt2img_generation_s": gen[2] - gen[1] if gen and gen[2] else None,
             "txt2img_others_cores": handback_others, "top_other_processes": top_others,
@@ -397,13 +443,85 @@ def train_job(server, pid, name, data_dir, steps, te: bool, handback_prompt: str
             "wall_s": job["finished_at"] - job["started_at"]}
 
 
-def run_full(args, tmp: Path) -> dict:
-    model_dir = Path(args.model_dir)
+def window(samples, lo, hi) -> dict | None:
+    """RSS samples (step, bytes) with lo <= step <= hi: median, min, max, how many."""
+    v = [r for st, r in samples if lo <= st <= hi]
+    return {"steps": [lo, hi], "median": med(v), "min": min(v), "max": max(v), "n": len(v)} if v else None
+
+
+def slope_per_step(samples) -> float | None:
+    """Least-squares slope of RSS (bytes) over the job's step."""
+    if len(samples) < 3 or len({st for st, _ in samples}) < 2:
+        return None
+    mx, my = statistics.fmean(st for st, _ in samples), statistics.fmean(r for _, r in samples)
+    sxx = sum((st - mx) ** 2 for st, _ in samples)
+    return sum((st - mx) * (r - my) for st, r in samples) / sxx
+
+
+def memory_job(server, pid, data_dir, steps, batch, size, early_step, span=10) -> dict:
+    """g) one long UNet-only job at batch `batch`: the server's VmRSS (every 0.2 s), each sample tagged with the
+    step in progress (the step the job last reported, polled every 0.5 s, + 1). early = steps
+    early_step..early_step+span-1 (after the warm-up: latents cached, AdamW state allocated), end = the last
+    span steps. Samples after the last step (eval, save, release) are left out."""
+    name = "bench_memory"
+    config = job_config(name, data_dir, size=size, steps=steps, batch=batch)
+    time.sleep(2)
+    rss_before = rss_bytes(pid)
+    polls = []                                # (wall, step, phase)
+    t0 = time.time()
+    with RssSampler(pid) as sampler:
+        job_id = server.post("/lora-trainer/v1/jobs", config)["id"]
+        last_logged = 0
+        while True:
+            job = server.get(f"/lora-trainer/v1/jobs/{job_id}")
+            polls.append((time.time(), job.get("step", 0), job.get("phase")))
+            if job["state"] in ("finished", "stopped", "failed") and job.get("finished_at"):
+                break
+            if job.get("step", 0) >= last_logged + 20:
+                last_logged = job["step"]
+                log(f"  {name}: step {last_logged}/{job.get('total_steps')}, RSS {gb(rss_bytes(pid))}")
+            time.sleep(0.5)
+        rss_finished = rss_bytes(pid)
+    if job["state"] != "finished":
+        raise RuntimeError(f"training job {name} ended {job['state']}: {job.get('error')}")
+    check_job(job, name)
+    time.sleep(SETTLE_S)
+    rss_after = rss_bytes(pid)
+    # each RSS sample: the step in progress = the step of the latest poll before it + 1 (phase "training")
+    total = job["total_steps"]
+    tagged, i = [], -1
+    for t, v in sampler.samples:
+        while i + 1 < len(polls) and polls[i + 1][0] <= t:
+            i += 1
+        if i >= 0 and polls[i][2] == "training" and 1 <= polls[i][1] < total:
+            tagged.append((polls[i][1] + 1, v))
+    early = window(tagged, early_step, early_step + span - 1)
+    end = window(tagged, total - span + 1, total)
+    growth = (end["median"] - early["median"]) / early["median"] * 100 if early and end else None
+    slope = slope_per_step([x for x in tagged if x[0] >= early_step])
+    steps_s = job.get("step_seconds") or []
+    return {"job": job_id, "config": config, "state": job["state"], "total_steps": total,
+            "step_seconds_median": med(steps_s[2:]), "wall_s": job["finished_at"] - job["started_at"],
+            "part_s": time.time() - t0, "rss_before": rss_before, "rss_peak": sampler.peak,
+            "rss_finished": rss_finished, "rss_after": rss_after, "settle_s": SETTLE_S,
+            "early": early, "end": end, "growth_pct": growth,
+            "growth_pct_max": (end["max"] - early["max"]) / early["max"] * 100 if early and end else None,
+            "slope_bytes_per_step": slope, "samples": tagged, "mixed_precision": job.get("mixed_precision"),
+            "skipped_steps": job.get("skipped_steps"), "eval_loss_start": job.get("eval_loss_start"),
+            "eval_loss_end": job.get("eval_loss_end")}
+
+
+def ensure_full_model(model_dir: Path) -> None:
     if not make_full.is_built(str(model_dir), MODEL_NAME):
-        log(f"building the full-size SD1.5 checkpoint into {model_dir} (~45 s, ~7 GB RAM, once)")
+        log(f"building the full-size SD1.5 checkpoint into {model_dir} (~45-60 s, ~7 GB RAM, once)")
         subprocess.run([str(e2e.harness_dest() / "venv/bin/python"), str(BENCH / "make_full_sd15.py"),
                         "--out", str(model_dir), "--name", MODEL_NAME], check=True)
-    data = make_dataset(tmp / "dataset")
+
+
+def run_full(args, tmp: Path, parts=("steps", "memory")) -> dict:
+    model_dir = Path(args.model_dir)
+    ensure_full_model(model_dir)
+    data = make_dataset(tmp / "dataset") if "steps" in parts else None
     log("booting the WebUI (API-only) with the full-size checkpoint")
     server = BenchWebUI(tmp / "webui-full", ckpt_dir=model_dir, model=MODEL_NAME)
     t0 = time.time()
@@ -416,67 +534,81 @@ def run_full(args, tmp: Path) -> dict:
         log(f"server pid {pid}, torch {info['torch']}, {info['threads']} threads, attention {info['attention']}")
         time.sleep(2)
         out["rss_idle"] = rss_bytes(pid)
-
-        # e) baseline: txt2img 256², 1 step; a new prompt each call so the conditioning is never cached
-        #    (training resets A1111's cond cache, so the call after it always encodes its prompt)
-        if QUIET_WAIT_S:
-            wait_quiet(pid, QUIET_WAIT_S, "the txt2img baseline")
-        log("txt2img baseline (256², 1 step)")
-        txt2img_latency(server, "bench warm-up prompt")
-        with RssSampler(pid) as sampler:
-            base, base_others = [], []
-            for i in range(3):
-                t_a = time.time()
-                base.append(txt2img_latency(server, f"a photo of a cat, baseline {i}"))
-                base_others.append(sampler.others_cores(t_a, time.time()))
-        out["txt2img_baseline_s"], out["txt2img_baseline_others_cores"] = base, base_others
-        jobs = server.get("/lora-trainer-bench/v1/info").get("state_jobs", [])
-        out["txt2img_baseline_generation_s"] = [j[2] - j[1] for j in jobs if j[0] == "scripts_txt2img" and j[2]][-3:]
-
-        # a) is measured before, between and after the jobs: each job is compared with the bare runs
-        #    on either side of it, so a slow drift of the machine's speed cancels out
-        bares = []
-        log(f"a) bare frozen-UNet fwd+bwd, {args.bare_iters} iterations after {args.warmup} warm-ups")
-        bares.append(bare(server, pid, args.bare_iters, args.warmup))
-        log(f"   median {bares[-1]['median']['total']:.3f} s")
-        # a*) the same pass with the trainer's layout fix: what is left of b/a* is the LoRA's own cost
-        layouts = [bare(server, pid, args.bare_iters, args.warmup, layout="training")]
-        log(f"a*) bare in the trainer's layout: median {layouts[-1]['median']['total']:.3f} s")
-        jobs = {}
-        for key, label, te in (("unet", "b) training, UNet only", False), ("te", "c) training, UNet + text encoder", True)):
-            for attempt in range(1, args.job_tries + 1):
-                log(f"{label}, {args.steps} steps" + (f" (try {attempt}: too few quiet steps before)" if attempt > 1 else ""))
-                r = train_job(server, pid, f"bench_{key}", data, args.steps, te=te,
-                              handback_prompt=f"a photo of a cat, after {key} {attempt}")
-                n_quiet = len(quiet(zip(r["step_seconds"][2:], (r.get("step_others_cores") or [])[2:])))
-                log(f"   median step {r['step_median']:.3f} s ({n_quiet}/{len(r['step_seconds'][2:])} quiet steps)")
-                r["attempt"] = attempt
-                jobs.setdefault(f"{key}_tries", []).append(r)
-                if n_quiet >= 3:
-                    break
-            jobs[key] = max(jobs[f"{key}_tries"], key=lambda r: len(quiet(zip(r["step_seconds"][2:], (r.get("step_others_cores") or [])[2:]))))
-            log("a) bare again")
-            bares.append(bare(server, pid, args.bare_iters, args.warmup))
-            log(f"   median {bares[-1]['median']['total']:.3f} s")
-            layouts.append(bare(server, pid, args.bare_iters, args.warmup, layout="training"))
-            log(f"a*) bare in the trainer's layout: median {layouts[-1]['median']['total']:.3f} s")
-        out.update(bare=bares, bare_layout=layouts, unet=jobs["unet"], te=jobs["te"],
-                   unet_tries=jobs["unet_tries"], te_tries=jobs["te_tries"])
-
-        if args.profile:
-            log(f"profile: bare / lora / lora_te interleaved, {args.bare_iters} rounds")
-            prof = {"interleaved": bare(server, pid, args.bare_iters, args.warmup, modes=["bare", "lora", "lora_te"])}
-            for mode, r in prof["interleaved"]["results"].items():
-                log(f"   {mode}: {json.dumps({k: round(v, 3) for k, v in r['median'].items()})}")
-            log(f"   ratios to bare, per round: {json.dumps({k: round(v, 3) for k, v in prof['interleaved']['ratio_medians'].items()})}")
-            log("profile: bare with sdp-no-mem attention")
-            prof["bare_sdp"] = bare(server, pid, args.bare_iters, args.warmup, mode="bare", attention="sdp-no-mem")
-            log(f"   {json.dumps({k: round(v, 3) for k, v in prof['bare_sdp']['median'].items()})}")
-            out["profile"] = prof
+        if "steps" in parts:
+            run_steps(args, server, pid, data, out)
+        if "memory" in parts:
+            size, batch = args.memory_size, args.memory_batch
+            mem_data = make_caption_dataset(tmp / "dataset-captions", n=args.memory_images, size=size)
+            log(f"g) memory: {args.memory_steps} steps at batch {batch}, UNet only, {args.memory_images} images "
+                f"{size}² with distinct captions")
+            out["memory"] = memory_job(server, pid, mem_data, args.memory_steps, batch, size, args.memory_early_step)
+            m = out["memory"]
+            log(f"   RSS early {gb(m['early']['median'])}, end {gb(m['end']['median'])}: growth {m['growth_pct']:+.2f} %; "
+                f"before {gb(m['rss_before'])}, after {gb(m['rss_after'])}; {m['part_s']:.0f} s")
         out["rss_end"] = rss_bytes(pid)
     finally:
         server.stop()
     return out
+
+
+def run_steps(args, server, pid, data, out) -> None:
+    """a-e on the booted full-size WebUI."""
+    # e) baseline: txt2img 256², 1 step; a new prompt each call so the conditioning is never cached
+    #    (training resets A1111's cond cache, so the call after it always encodes its prompt)
+    if QUIET_WAIT_S:
+        wait_quiet(pid, QUIET_WAIT_S, "the txt2img baseline")
+    log("txt2img baseline (256², 1 step)")
+    txt2img_latency(server, "bench warm-up prompt")
+    with RssSampler(pid) as sampler:
+        base, base_others = [], []
+        for i in range(3):
+            t_a = time.time()
+            base.append(txt2img_latency(server, f"a photo of a cat, baseline {i}"))
+            base_others.append(sampler.others_cores(t_a, time.time()))
+    out["txt2img_baseline_s"], out["txt2img_baseline_others_cores"] = base, base_others
+    jobs = server.get("/lora-trainer-bench/v1/info").get("state_jobs", [])
+    out["txt2img_baseline_generation_s"] = [j[2] - j[1] for j in jobs if j[0] == "scripts_txt2img" and j[2]][-3:]
+
+    # a) is measured before, between and after the jobs: each job is compared with the bare runs
+    #    on either side of it, so a slow drift of the machine's speed cancels out
+    bares = []
+    log(f"a) bare frozen-UNet fwd+bwd, {args.bare_iters} iterations after {args.warmup} warm-ups")
+    bares.append(bare(server, pid, args.bare_iters, args.warmup))
+    log(f"   median {bares[-1]['median']['total']:.3f} s")
+    # a*) the same pass with the trainer's layout fix: what is left of b/a* is the LoRA's own cost
+    layouts = [bare(server, pid, args.bare_iters, args.warmup, layout="training")]
+    log(f"a*) bare in the trainer's layout: median {layouts[-1]['median']['total']:.3f} s")
+    jobs = {}
+    for key, label, te in (("unet", "b) training, UNet only", False), ("te", "c) training, UNet + text encoder", True)):
+        for attempt in range(1, args.job_tries + 1):
+            log(f"{label}, {args.steps} steps" + (f" (try {attempt}: too few quiet steps before)" if attempt > 1 else ""))
+            r = train_job(server, pid, f"bench_{key}", data, args.steps, te=te,
+                          handback_prompt=f"a photo of a cat, after {key} {attempt}")
+            n_quiet = len(quiet(zip(r["step_seconds"][2:], (r.get("step_others_cores") or [])[2:])))
+            log(f"   median step {r['step_median']:.3f} s ({n_quiet}/{len(r['step_seconds'][2:])} quiet steps)")
+            r["attempt"] = attempt
+            jobs.setdefault(f"{key}_tries", []).append(r)
+            if n_quiet >= 3:
+                break
+        jobs[key] = max(jobs[f"{key}_tries"], key=lambda r: len(quiet(zip(r["step_seconds"][2:], (r.get("step_others_cores") or [])[2:]))))
+        log("a) bare again")
+        bares.append(bare(server, pid, args.bare_iters, args.warmup))
+        log(f"   median {bares[-1]['median']['total']:.3f} s")
+        layouts.append(bare(server, pid, args.bare_iters, args.warmup, layout="training"))
+        log(f"a*) bare in the trainer's layout: median {layouts[-1]['median']['total']:.3f} s")
+    out.update(bare=bares, bare_layout=layouts, unet=jobs["unet"], te=jobs["te"],
+               unet_tries=jobs["unet_tries"], te_tries=jobs["te_tries"])
+
+    if args.profile:
+        log(f"profile: bare / lora / lora_te interleaved, {args.bare_iters} rounds")
+        prof = {"interleaved": bare(server, pid, args.bare_iters, args.warmup, modes=["bare", "lora", "lora_te"])}
+        for mode, r in prof["interleaved"]["results"].items():
+            log(f"   {mode}: {json.dumps({k: round(v, 3) for k, v in r['median'].items()})}")
+        log(f"   ratios to bare, per round: {json.dumps({k: round(v, 3) for k, v in prof['interleaved']['ratio_medians'].items()})}")
+        log("profile: bare with sdp-no-mem attention")
+        prof["bare_sdp"] = bare(server, pid, args.bare_iters, args.warmup, mode="bare", attention="sdp-no-mem")
+        log(f"   {json.dumps({k: round(v, 3) for k, v in prof['bare_sdp']['median'].items()})}")
+        out["profile"] = prof
 
 
 # ---------------------------------------------------------------- f) start-up (UI mode, tiny model)
@@ -543,7 +675,14 @@ def quiet(pairs) -> list:
 
 def summarise(full: dict | None, startup: dict | None) -> dict:
     s: dict = {}
-    if full:
+    if full and full.get("memory"):
+        m = full["memory"]
+        s["mem_long"] = {k: m[k] for k in ("rss_before", "rss_peak", "rss_finished", "rss_after", "growth_pct",
+                                           "growth_pct_max", "slope_bytes_per_step", "total_steps", "wall_s", "part_s",
+                                           "step_seconds_median", "settle_s")}
+        s["mem_long"].update(early=m["early"], end=m["end"], batch=m["config"]["train_batch_size"],
+                             size=m["config"]["resolution"], after_ratio=m["rss_after"] / m["rss_before"])
+    if full and full.get("bare"):
         bares = full["bare"]
 
         def bare_samples(runs):
@@ -598,6 +737,7 @@ def summarise(full: dict | None, startup: dict | None) -> dict:
             added = r["rss_peak"] - r["rss_before"]
             s[f"mem_{key}"] = {"rss_before": r["rss_before"], "rss_peak": r["rss_peak"], "rss_after": r["rss_after"],
                                "added_peak": added, "added_after": r["rss_after"] - r["rss_before"],
+                               "after_ratio": r["rss_after"] / r["rss_before"], "rss_finished": r.get("rss_finished"),
                                "peak_phase": r.get("rss_peak_phase")}
             if r.get("lora"):
                 p = r["lora"]["params"]
@@ -688,6 +828,10 @@ def print_table(s: dict) -> None:
             frac = m["added_peak"] / s["model_fp32_bytes"]
             rows.append((f"   added peak during {label}", f"{gb(m['added_peak'])} ({frac:.2f} x model fp32)",
                          "<< 4.27 GB " + ("OK" if frac < 0.5 else "OVER"), extra))
+            rows.append((f"   RSS after {label} / before ({SETTLE_S:.0f} s after the hand-back txt2img)",
+                         num(m["after_ratio"]), f"<= {GOALS['rss_after_ratio']:.2f} "
+                         f"{ok(m['after_ratio'], GOALS['rss_after_ratio'])}",
+                         f"at the finished state {gb(m.get('rss_finished'))}"))
         if s.get("mem_bare_added_peak") is not None:
             rows.append(("   added peak during bare fwd+bwd (activations)", gb(s["mem_bare_added_peak"]), "", "reference"))
         rows.append(("e) txt2img 256², 1 step, baseline latency", sec(s["txt2img_baseline_s"]), "",
@@ -712,6 +856,24 @@ def print_table(s: dict) -> None:
             if s.get(f"top_others_{key}"):
                 rows.append((f"   other processes using CPU during {label}",
                              "; ".join(f"{n} (pid {p}) {c} s" for p, n, c in s[f"top_others_{key}"]), "", ""))
+    if s.get("mem_long"):
+        m = s["mem_long"]
+        e, n = m["early"], m["end"]
+        slope = m["slope_bytes_per_step"]
+        rows.append((f"g) RSS over {m['total_steps']} steps, batch {m['batch']}, {m['size']}²: "
+                     f"steps {e['steps'][0]}-{e['steps'][1]} / {n['steps'][0]}-{n['steps'][1]}",
+                     f"{gb(e['median'])} / {gb(n['median'])}", "", f"medians of {e['n']} / {n['n']} samples "
+                     f"(every 0.2 s); max {gb(e['max'])} / {gb(n['max'])}"))
+        rows.append(("   growth, end vs early", f"{m['growth_pct']:+.2f} %",
+                     f"<= {GOALS['rss_growth_pct']:.0f} % {ok(m['growth_pct'], GOALS['rss_growth_pct'])}",
+                     f"of the maxima {m['growth_pct_max']:+.2f} %; fitted slope "
+                     + ("-" if slope is None else f"{slope * 1000 / 1e6:+.0f} MB per 1000 steps")
+                     + " (the old per-batch cache: +1270 MB)"))
+        rows.append((f"   RSS after g / before ({m['settle_s']:.0f} s after the finished state)", num(m["after_ratio"]),
+                     f"<= {GOALS['rss_after_ratio']:.2f} {ok(m['after_ratio'], GOALS['rss_after_ratio'])}",
+                     f"before {gb(m['rss_before'])}, peak {gb(m['rss_peak'])}, at finished {gb(m['rss_finished'])}, "
+                     f"after {gb(m['rss_after'])}; step {sec(m['step_seconds_median'])}, job {m['wall_s']:.0f} s, "
+                     f"part {m['part_s']:.0f} s"))
     if "startup_attributable_s" in s:
         p = s["startup_parts_s"]
         parts = ", ".join(f"{k} {v:.3f}" for k, v in p.items() if v is not None)
@@ -721,6 +883,8 @@ def print_table(s: dict) -> None:
                      f"{num(s['startup_total_with_s'], 2)} / {num(s['startup_total_without_s'], 2)} s", "",
                      f"diff {s['startup_total_diff_s']:+.2f} s (noise); create ui {num(s['create_ui_with_s'], 2)} / "
                      f"{num(s['create_ui_without_s'], 2)} s"))
+    if not rows:
+        return
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     w2 = max(len(r[2]) for r in rows)
@@ -740,8 +904,16 @@ def print_table(s: dict) -> None:
 def main(argv=None) -> int:
     global QUIET_WAIT_S
     ap = argparse.ArgumentParser(description="LoRA trainer step / memory / hand-back / start-up benchmark")
+    ap.add_argument("--only", default=",".join(PARTS),
+                    help="comma-separated parts to run: steps (a-e), memory (g), startup (f); default all")
     ap.add_argument("--skip-full", action="store_true", help="only the start-up part (f)")
-    ap.add_argument("--skip-startup", action="store_true", help="only the full-size parts (a-e)")
+    ap.add_argument("--skip-startup", action="store_true", help="only the full-size parts (a-e, g)")
+    ap.add_argument("--memory-steps", type=int, default=200, help="g) steps of the long job (default 200)")
+    ap.add_argument("--memory-batch", type=int, default=4, help="g) train_batch_size (default 4)")
+    ap.add_argument("--memory-size", type=int, default=64, help="g) image size, px (default 64: 8x8 latents)")
+    ap.add_argument("--memory-images", type=int, default=16, help="g) images, each with its own caption (default 16)")
+    ap.add_argument("--memory-early-step", type=int, default=20,
+                    help="g) first step of the early window (after the warm-up; default 20)")
     ap.add_argument("--steps", type=int, default=10, help="max_train_steps of each training job (default 10)")
     ap.add_argument("--bare-iters", type=int, default=8, help="timed bare iterations per bare run (default 8)")
     ap.add_argument("--warmup", type=int, default=2)
@@ -758,6 +930,15 @@ def main(argv=None) -> int:
                          f"<= {QUIET_CORES} cores (0: don't wait; default %(default)s)")
     args = ap.parse_args(argv)
     QUIET_WAIT_S = args.quiet_wait
+    parts = [x.strip() for x in args.only.split(",") if x.strip()]
+    if not parts or set(parts) - set(PARTS):
+        ap.error(f"--only takes a comma-separated list of {', '.join(PARTS)}")
+    if args.skip_full:
+        parts = [x for x in parts if x == "startup"]
+    if args.skip_startup:
+        parts = [x for x in parts if x != "startup"]
+    if args.memory_steps < args.memory_early_step + 20:
+        ap.error("--memory-steps must be at least --memory-early-step + 20")
 
     reason = e2e.missing_reason()
     if reason:
@@ -765,11 +946,12 @@ def main(argv=None) -> int:
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="lt-bench-"))
     log(f"work dir {tmp}")
-    result = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "args": vars(args), "goals": GOALS, "anchors": ANCHORS,
-              "cpu_count": os.cpu_count()}
+    result = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "args": vars(args), "parts": parts, "goals": GOALS,
+              "anchors": ANCHORS, "cpu_count": os.cpu_count()}
     try:
-        full = None if args.skip_full else run_full(args, tmp)
-        startup = None if args.skip_startup else run_startup(args, tmp)
+        full_parts = [x for x in parts if x != "startup"]
+        full = run_full(args, tmp, full_parts) if full_parts else None
+        startup = run_startup(args, tmp) if "startup" in parts else None
         result.update(full=full, startup=startup, summary=summarise(full, startup))
     except BaseException:
         log(f"failed; kept {tmp} (WebUI logs: */webui.log)")
