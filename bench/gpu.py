@@ -26,43 +26,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_step as ts  # noqa: E402  (bench/train_step.py: the WebUI, dataset, job and check helpers)
 
-CPU_ONLY_ARGS = {"--use-cpu": 1, "--no-half": 0, "--precision": 1}     # flag: how many values follow it
 PROBE = ("import json, torch; ok = torch.cuda.is_available(); print(json.dumps({'torch': torch.__version__, "
          "'cuda': torch.version.cuda, 'available': ok, 'devices': torch.cuda.device_count(), "
          "'name': torch.cuda.get_device_name() if ok else None, 'bf16': ok and torch.cuda.is_bf16_supported()}))")
 
 
-def gpu_args(args: list) -> list:
-    """tests/e2e/webui.py's launch line without the CPU-only flags (A1111's defaults: fp16 on the GPU)."""
-    out, skip = [], 0
-    for a in args:
-        if skip:
-            skip -= 1
-        elif a in CPU_ONLY_ARGS:
-            skip = CPU_ONLY_ARGS[a]
-        else:
-            out.append(a)
-    return out
-
-
-class _GpuLaunch:
-    """Stands in for the subprocess module inside tests/e2e/webui.py while a GpuWebUI starts."""
-
-    def __getattr__(self, name):
-        return getattr(subprocess, name)
-
-    @staticmethod
-    def Popen(args, **kw):
-        return subprocess.Popen(gpu_args(list(args)), **kw)
-
-
 class GpuWebUI(ts.BenchWebUI):
-    def start(self, timeout=900):
-        saved, ts.e2e.subprocess = ts.e2e.subprocess, _GpuLaunch()
-        try:
-            return super().start(timeout)
-        finally:
-            ts.e2e.subprocess = saved
+    """The bench's WebUI with A1111's GPU defaults (no --use-cpu all / --no-half / --precision full)."""
+
+    def __init__(self, data_dir, **kw):
+        super().__init__(data_dir, cpu=False, **kw)
 
 
 def probe_cuda() -> tuple[dict | None, str | None]:

@@ -92,7 +92,7 @@ def free_port() -> int:
 
 
 class WebUI:
-    def __init__(self, data_dir: Path, *, ui: bool = False, extra_args=(), model="tiny-sd15", env=None):
+    def __init__(self, data_dir: Path, *, ui: bool = False, extra_args=(), model="tiny-sd15", env=None, cpu=True):
         self.dest = harness_dest()
         self.webui_dir = self.dest / "stable-diffusion-webui"
         self.data_dir = Path(data_dir)
@@ -102,6 +102,7 @@ class WebUI:
         self.log_path = self.data_dir / "webui.log"
         self.model = model
         self.extra_args = list(extra_args)
+        self.cpu = cpu                     # False: A1111's GPU defaults (fp16 weights), for bench/gpu.py
         self.env = dict(env or {})
         self.auth = None
         self.proc = None
@@ -134,8 +135,10 @@ class WebUI:
         self.prepare()
         args = [str(self.dest / "venv/bin/python"), "launch.py",
                 "--skip-prepare-environment", "--skip-install", "--skip-python-version-check",
-                "--skip-torch-cuda-test", "--skip-version-check", "--use-cpu", "all", "--no-half",
-                "--precision", "full", "--api", "--port", str(self.port), "--server-name", "127.0.0.1",
+                "--skip-torch-cuda-test", "--skip-version-check"]
+        if self.cpu:
+            args += ["--use-cpu", "all", "--no-half", "--precision", "full"]
+        args += ["--api", "--port", str(self.port), "--server-name", "127.0.0.1",
                 "--no-download-sd-model", "--do-not-download-clip", "--no-prompt-history",
                 "--data-dir", str(self.data_dir),
                 "--ckpt", str(self.data_dir / "models/Stable-diffusion" / f"{self.model}.safetensors")]
