@@ -185,10 +185,12 @@ def train(cfg, model, scan, cb: Callbacks, precision: Precision | None = None) -
                     result.files.append(cb.save(network, epoch, step, final=False, state=result))
                 continue
             break            # stopped, or all steps done mid-epoch
+        cb.progress(step=step, total_steps=total_steps, epoch=epoch, loss=running, phase="evaluating")
         result.eval_loss_end = fixed_noise_loss()
 
     result.steps, result.epoch = step, epoch
     result.seconds = time.time() - t0
+    cb.progress(step=step, total_steps=total_steps, epoch=epoch, loss=running, phase="saving")
     result.files.append(cb.save(network, epoch, step, final=True, state=result))
     return result
 

@@ -146,3 +146,10 @@ def test_prodigy_rejects_unknown_args_naming_the_key(dataset):
     with pytest.raises(UserError) as e:
         run(config(dataset, optimizer_type="Prodigy", learning_rate=1.0, optimizer_args=["warmup=3"]))
     assert e.value.key == "optimizer_args"
+
+
+def test_progress_says_when_the_steps_are_done_and_the_run_evaluates_and_saves(dataset):
+    phases = []
+    run(config(dataset, max_train_steps=3), progress=lambda **kw: phases.append((kw["phase"], kw["step"])))
+    after_steps = [p for p in phases if p[1] == 3]
+    assert [p for p, _ in after_steps] == ["training", "evaluating", "saving"]
