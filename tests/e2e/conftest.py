@@ -1,5 +1,6 @@
 import pytest
 
+from .datasets import red_square_set
 from .webui import WebUI, activate, environments, missing_reason
 
 ENVIRONMENTS = environments()
@@ -35,3 +36,9 @@ def webui(webui_environment, tmp_path_factory):
     server = WebUI(tmp_path_factory.mktemp(f"webui-data-{webui_environment}")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Four red squares captioned "sks square", 10 repeats (one folder per test module)."""
+    return red_square_set(tmp_path_factory.mktemp("ds"))

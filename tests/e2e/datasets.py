@@ -7,6 +7,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+# tiny-sd15 at 64²: the smallest training that still exercises every part
+TINY = {"resolution": "64", "min_bucket_reso": 64, "max_bucket_reso": 128, "network_dim": 4, "network_alpha": 4,
+        "learning_rate": 1e-3}
+
 
 def red_square_set(root: Path, n=4, size=64, repeats=10, caption="sks square") -> Path:
     """A concept that is easy to learn: a red square on white, captioned with a trigger word."""

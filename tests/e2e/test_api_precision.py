@@ -4,15 +4,9 @@ from __future__ import annotations
 import pytest
 from safetensors import safe_open
 
-from .datasets import red_square_set
+from .datasets import TINY
 
-TINY = {"resolution": "64", "min_bucket_reso": 64, "max_bucket_reso": 128, "network_dim": 4, "network_alpha": 4,
-        "learning_rate": 1e-2}
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return red_square_set(tmp_path_factory.mktemp("ds-precision"))
+TINY = {**TINY, "learning_rate": 1e-2}
 
 
 def test_scan_reports_the_webuis_dtypes_and_the_precision_that_would_run(webui, dataset):

@@ -9,15 +9,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from .datasets import red_square_set
-
-TINY = {"resolution": "64", "min_bucket_reso": 64, "max_bucket_reso": 128, "network_dim": 4, "network_alpha": 4,
-        "learning_rate": 1e-3}
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return red_square_set(tmp_path_factory.mktemp("ds"))
+from .datasets import TINY, red_square_set
 
 
 def test_scan_reports_the_dataset(webui, dataset):
