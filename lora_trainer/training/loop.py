@@ -32,6 +32,7 @@ class Callbacks:
     save: callable = lambda network, epoch, step, final, state: None   # -> file name
     fail_at_step: int | None = None                # test hook: raise inside the loop at this step
 
+
 MAX_SKIPPED_IN_A_ROW = 20                          # fp16 overflows: the loss scale is then 2^-4 of its start
 
 
