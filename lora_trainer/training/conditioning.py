@@ -14,12 +14,10 @@ class CaptionConditioning:
         self.model = model
         self.cache = cache
         self.store: dict = {}
-        self.encoded = 0                    # how many captions went through the text encoder
 
     def __call__(self, texts: list[str], sizes: list) -> object:
         model = self.model
         if not self.cache:
-            self.encoded += len(texts)
             return model.encode_captions(list(texts), list(sizes))
         conds = []
         for text, size in zip(texts, sizes):
@@ -28,7 +26,6 @@ class CaptionConditioning:
             if cond is None:
                 with torch.no_grad():
                     cond = model.cond_to(model.encode_captions([text], [size]), "cpu")
-                self.encoded += 1
                 self.store[key] = cond
             conds.append(cond)
         return model.cond_to(model.stack_conds(conds), model.device)
