@@ -194,8 +194,9 @@ class TrainConfig:
              f"use one of {', '.join(SAVE_PRECISIONS)}")
         need(self.mixed_precision in MIXED_PRECISIONS, "mixed_precision", f"'{self.mixed_precision}' is unknown.",
              f"use one of {', '.join(MIXED_PRECISIONS)}")
-        need(not self.full_fp16, "full_fp16", "is not supported (fp16 master weights lose most LoRA updates).",
-             "use mixed_precision 'fp16' (fp32 master weights) or full_bf16")
+        need(not self.full_fp16, "full_fp16", "is not supported: fp16 master weights lose most LoRA updates (a 1e-4 "
+             "step underflows fp16's 10-bit mantissa) and torch's GradScaler refuses to unscale fp16 gradients.",
+             "use mixed_precision 'fp16' (fp32 master weights, same speed) or full_bf16")
         need(not self.full_bf16 or self.mixed_precision in ("bf16", "auto"), "full_bf16",
              f"needs mixed_precision 'bf16', not '{self.mixed_precision}' (as in kohya).", "set mixed_precision to 'bf16'")
         need(self.save_every_n_epochs >= 0, "save_every_n_epochs", "must be >= 0.", "use 0 to save only at the end")

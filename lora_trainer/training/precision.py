@@ -80,37 +80,32 @@ def make_grad_scaler(device_type: str):
 def resolve_precision(cfg, device, weight_dtype: torch.dtype) -> Precision:
     """The precision a run uses, or a ConfigError saying why the request cannot run here.
 
-    `auto` follows the WebUI: fp16/bf16 when it holds the UNet in half, fp32 otherwise."""
+    `auto` follows the WebUI: fp16/bf16 when it holds the UNet in half, fp32 otherwise. (full_fp16
+    is refused by the config itself.)"""
     device_type = torch.device(device).type
     requested = cfg.mixed_precision
     if requested == "auto":
         requested = HALF.get(weight_dtype, "no")
-    if getattr(cfg, "full_fp16", False):
-        raise ConfigError("full_fp16", "is not supported: fp16 master weights lose most LoRA updates (a 1e-4 step "
-                          "underflows fp16's 10-bit mantissa) and torch's GradScaler refuses to unscale fp16 gradients.",
-                          "use mixed_precision 'fp16' (fp32 master weights, same speed) or full_bf16")
+    if cfg.full_bf16 and requested != "bf16":
+        raise ConfigError("full_bf16", f"needs mixed_precision 'bf16', not '{requested}' (as in kohya).",
+                          "set mixed_precision to 'bf16'")
     if requested == "no":
         if weight_dtype in HALF:
             raise ConfigError("mixed_precision", f"'no' (fp32) is impossible: the WebUI holds the model in "
                               f"{HALF[weight_dtype]} and training in place never makes a second fp32 copy.",
                               "use mixed_precision 'fp16' or 'bf16' (or 'auto'), or start the WebUI with --no-half")
-        if getattr(cfg, "full_bf16", False):
-            raise ConfigError("full_bf16", "needs mixed_precision 'bf16' (as in kohya).", "set mixed_precision to 'bf16'")
         return Precision("no", device_type, None)
     dtype = DTYPES[requested]
     if not autocast_works(device_type, dtype):
+        other = "'bf16' or 'no'" if requested == "fp16" else "'fp16' or 'no'"
+        why = " (this GPU has no bf16)" if device_type == "cuda" else ""
+        when = " (CPU float16 autocast needs torch >= 2.3)" if (device_type, requested) == ("cpu", "fp16") else ""
         raise ConfigError("mixed_precision", f"this torch ({torch.__version__}) cannot autocast {requested} on "
-                          f"{device_type}" + (" (this GPU has no bf16)" if device_type == "cuda" else "") + ".",
-                          "use " + ("'bf16' or 'no'" if requested == "fp16" else "'fp16' or 'no'")
-                          + ("" if device_type != "cpu" or requested == "bf16" else " (CPU float16 autocast needs torch >= 2.3)"))
+                          f"{device_type}{why}.", f"use {other}{when}")
     if requested == "fp16" and grad_scaler_class(device_type) is None:
         raise ConfigError("mixed_precision", f"this torch ({torch.__version__}) has no fp16 loss scaler for {device_type}.",
                           "use mixed_precision 'bf16' or 'no'")
-    full = bool(getattr(cfg, "full_bf16", False))
-    if full and requested != "bf16":
-        raise ConfigError("full_bf16", f"needs mixed_precision 'bf16', not '{requested}' (as in kohya).",
-                          "set mixed_precision to 'bf16'")
-    return Precision(requested, device_type, dtype, torch.bfloat16 if full else torch.float32, full)
+    return Precision(requested, device_type, dtype, torch.bfloat16 if cfg.full_bf16 else torch.float32, cfg.full_bf16)
 
 
 def dtype_name(dtype) -> str:

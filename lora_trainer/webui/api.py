@@ -14,18 +14,12 @@ def _config(body: dict, require_dir=True) -> TrainConfig:
 
 
 def scan(body: dict):
-    from modules import call_queue, shared
-    from ..dataset.scan import scan_dataset
-    from .models.common import precision_report
+    from .models.common import scan_summary
     cfg = _config(body)
     try:
-        summary = scan_dataset(cfg).summary()
+        return scan_summary(cfg)
     except UserError as e:
         raise user_error_response(e) from None
-    if shared.sd_model is not None:
-        with call_queue.queue_lock:     # reads the model's dtypes: not while it is being swapped
-            summary["precision"] = precision_report(cfg, shared.sd_model)
-    return summary
 
 
 def create_job(body: dict):

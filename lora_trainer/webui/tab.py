@@ -153,16 +153,11 @@ def _train_ui(wrap_gradio_gpu_call, infotext_utils, JOBS):
     inputs = [fields[k] for k in keys]
 
     def do_scan(*values):
-        from modules import shared
-        from ..dataset.scan import scan_dataset
-        from .models.common import precision_report
+        from .models.common import scan_summary
         try:
-            cfg = form_to_config(keys, values)
-            summary = scan_dataset(cfg).summary()
+            summary = scan_summary(form_to_config(keys, values))
         except UserError as e:
             return _error_html(e), None
-        if shared.sd_model is not None:
-            summary["precision"] = precision_report(cfg, shared.sd_model)
         return scan_summary_html(summary), summary["buckets"]
 
     def do_train(task, *values):

@@ -56,7 +56,7 @@ def verify_file(lora_dir: str, name: str, prompt: str = "a photo of sks", seed: 
         from modules import devices
         from ..config import TrainConfig
         from ..training.precision import resolve_precision
-        precision = resolve_precision(TrainConfig(train_data_dir="-"), devices.device, model.weight_dtype)
+        precision = resolve_precision(TrainConfig(), devices.device, model.weight_dtype)   # "auto"
 
         def run():           # in the WebUI's own precision ("auto"), as its generation runs
             with precision.autocast():

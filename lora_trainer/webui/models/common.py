@@ -94,6 +94,17 @@ def precision_report(cfg, sd_model) -> dict:
     return report
 
 
+def scan_summary(cfg) -> dict:
+    """The trainer's scan of the dataset plus the precision the loaded model would train in (the
+    API's and the tab's Scan). Read without the queue lock: a scan must not wait for a long run."""
+    from modules import shared
+    from ...dataset.scan import scan_dataset
+    summary = scan_dataset(cfg).summary()
+    if shared.sd_model is not None:
+        summary["precision"] = precision_report(cfg, shared.sd_model)
+    return summary
+
+
 class WebUIAdapter:
     """The WebUI's loaded model (shared.sd_model) behind the engine's TrainModel interface: the
     parts every family shares. A family's subclass (sd1.SD1Model, …) adds what differs: the
